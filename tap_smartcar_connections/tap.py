@@ -1,0 +1,313 @@
+"""The tap: settings, validation, state checks and the command line."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import signal
+import sys
+import typing as t
+from pathlib import Path
+
+import jsonschema
+from singer_sdk import Tap
+from singer_sdk import typing as th
+from singer_sdk.contrib.msgspec import MsgSpecWriter
+from typing_extensions import override
+
+from tap_smartcar_connections.client import (
+    MODES,
+    ConnectionsStream,
+    SmartcarError,
+    normalize_timestamp,
+)
+
+if t.TYPE_CHECKING:
+    from types import FrameType
+
+    from singer_sdk.about import AboutInfo
+    from singer_sdk.streams import Stream
+
+
+class ConfigError(SmartcarError):
+    """The configuration is invalid; raised before any request is made."""
+
+
+class StateError(SmartcarError):
+    """The state (bookmarks) given to the tap cannot be used."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived; a BaseException so that no retry loop swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+SETTINGS = th.PropertiesList(
+    th.Property(
+        "management_token",
+        th.StringType,
+        required=True,
+        secret=True,
+        title="Management Token",
+        description="The application's Management API token (Smartcar Dashboard > "
+        "Configuration). Sent only as HTTP Basic auth `default:<token>`.",
+    ),
+    th.Property(
+        "api_url",
+        th.StringType,
+        default="https://management.smartcar.com/v2.0",
+        title="API URL",
+        description="Base URL of the Smartcar Management API.",
+    ),
+    th.Property(
+        "start_date",
+        th.DateTimeType,
+        title="Start Date",
+        description="ISO 8601 date-time; connections made before it are skipped when a "
+        "mode has no bookmark yet.",
+    ),
+    th.Property(
+        "modes",
+        th.ArrayType(th.StringType(allowed_values=list(MODES))),
+        default=["live", "simulated"],
+        title="Modes",
+        description="Connection modes to extract (live, simulated, test). Each mode is "
+        "requested separately and keeps its own bookmark.",
+    ),
+    th.Property(
+        "user_id",
+        th.StringType,
+        title="User ID",
+        description="Only extract connections of this Smartcar user ID.",
+    ),
+    th.Property(
+        "vehicle_id",
+        th.StringType,
+        title="Vehicle ID",
+        description="Only extract connections of this vehicle ID.",
+    ),
+    th.Property(
+        "page_size",
+        th.IntegerType(minimum=1, maximum=100),
+        default=100,
+        title="Page Size",
+        description="Connections per request (1 to 100). The API's own default of 10 "
+        "would cost ten times the requests.",
+    ),
+    th.Property(
+        "request_timeout",
+        th.IntegerType(minimum=1),
+        default=310,
+        title="Request Timeout",
+        description="Seconds to wait for one response (Smartcar's SDKs allow about 310).",
+    ),
+    th.Property(
+        "max_retry_seconds",
+        th.IntegerType(minimum=0),
+        default=600,
+        title="Max Retry Seconds",
+        description="How long one request keeps being retried (429s, 5xx, timeouts, "
+        "broken bodies) before the run fails.",
+    ),
+    th.Property(
+        "max_requests_per_minute",
+        th.IntegerType(minimum=1),
+        title="Max Requests Per Minute",
+        description="Client-side pace, so a long sync stays under Smartcar's rate "
+        "limit instead of bouncing off it. Unset: no pacing.",
+    ),
+    th.Property(
+        "emit_activate_version_messages",
+        th.BooleanType,
+        default=False,
+        title="Emit ACTIVATE_VERSION Messages",
+        description="In FULL_TABLE replication, send ACTIVATE_VERSION after a complete "
+        "read, so the target removes connections that are gone.",
+    ),
+)
+"""The tap's own settings (the SDK appends its built-in ones to `config_jsonschema`)."""
+
+
+class TapSmartcarConnections(Tap):
+    """Extract every vehicle connection of a Smartcar application.
+
+    Reads Smartcar's Management API (`GET /management/connections`) with the application's
+    management token and emits one `connections` stream: who (`userId`) connected which
+    vehicle (`vehicleId`), when (`connectedAt`) and in which `mode`. Incremental by default,
+    with one bookmark per mode: a run reads only the newest pages, down to the bookmark. Select
+    FULL_TABLE (optionally with ACTIVATE_VERSION) to also remove disconnected vehicles.
+    """
+
+    name = "tap-smartcar-connections"
+    message_writer_class = MsgSpecWriter
+
+    config_jsonschema = SETTINGS.to_dict()
+
+    @override
+    def discover_streams(self) -> list[Stream]:
+        return [ConnectionsStream(self)]
+
+    @classmethod
+    @override
+    def _get_about_info(cls) -> AboutInfo:
+        """Give `--about` the docstring as one line: the SDK's layouts break on several."""
+        info = super()._get_about_info()
+        return dataclasses.replace(info, description=" ".join((cls.__doc__ or "").split()))
+
+    @override
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        """Fill in defaults, then validate, naming settings but never echoing their values.
+
+        The SDK's messages quote the offending value, even for the secret token, and do not
+        check `start_date`'s format; it also leaves defaults out of `config`.
+
+        Raises:
+            ConfigError: If `raise_errors` and the config is invalid.
+        """
+        schema = copy.deepcopy(self.config_jsonschema)
+        self.append_builtin_config(schema)
+        config = self._config = {**self._config}
+        for name, spec in schema["properties"].items():
+            if "default" in spec:
+                config.setdefault(name, copy.deepcopy(spec["default"]))
+        problems = [
+            _explain(error) for error in jsonschema.Draft7Validator(schema).iter_errors(config)
+        ]
+        if isinstance(config.get("start_date"), str):
+            try:
+                normalize_timestamp(config["start_date"])
+            except ValueError:
+                problems.append("setting 'start_date' must be an ISO 8601 date-time")
+        if config.get("modes") == []:
+            problems.append("setting 'modes' must name at least one of live, simulated, test")
+        if problems and raise_errors:
+            msg = f"Invalid configuration: {'; '.join(problems)}. Fix the setting and rerun"
+            raise ConfigError(msg)
+        for problem in problems:
+            self.logger.warning("Invalid configuration: %s", problem)
+        return problems
+
+    @override
+    def load_state(self, state: dict[str, t.Any]) -> None:
+        """Load state, refusing bookmarks that are not timestamps.
+
+        A bad bookmark would otherwise crash mid-run or, worse, silently re-read history.
+        """
+        check_state(state)
+        super().load_state(state)
+
+    @override
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        """Stop at once with a non-zero exit; the SDK exits 0, making a killed run look fine.
+
+        No STATE is written here: the last one already emitted is safe to resume from, and
+        writing from a signal handler could split a half-written line.
+        """
+        raise Interrupted(signum)
+
+
+def _explain(error: jsonschema.ValidationError) -> str:
+    """Describe one schema violation by setting name, never by value (it may be a secret)."""
+    path = list(error.absolute_path)
+    expected: t.Any = error.validator_value
+    if error.validator == "required":
+        missing = [
+            name for name in expected if name not in t.cast("dict[str, t.Any]", error.instance)
+        ]
+        return f"setting '{', '.join(missing)}' is required"
+    where = f"setting '{path[0]}'" if path else "the configuration"
+    if len(path) > 1:
+        where += f" item {int(path[1]) + 1}"
+    match error.validator:
+        case "type":
+            types = [expected] if isinstance(expected, str) else expected
+            reason = f"must be of type {' or '.join(types)}"
+        case "minimum":
+            reason = f"must be at least {expected}"
+        case "maximum":
+            reason = f"must be at most {expected}"
+        case "enum":
+            reason = f"must be one of {', '.join(map(str, expected))}"
+        case _:
+            reason = f"is invalid ({error.validator})"
+    return f"{where} {reason}"
+
+
+def check_state(state: t.Any) -> None:
+    """Check that `state` is an object whose `connections` bookmarks are timestamps.
+
+    Raises:
+        StateError: Naming the first bookmark that is not an ISO 8601 date-time.
+    """
+    if not isinstance(state, dict):
+        msg = "the state is not a JSON object"
+        raise StateError(msg)
+    stream_state = (state.get("bookmarks") or {}).get(ConnectionsStream.name) or {}
+    for entry in [stream_state, *(stream_state.get("partitions") or [])]:
+        value = entry.get("replication_key_value")
+        if value is None:
+            continue
+        try:
+            normalize_timestamp(value)
+        except (ValueError, TypeError):
+            where = json.dumps(entry.get("context") or "stream")
+            msg = f"the connections bookmark for {where} is {json.dumps(value)}, not a timestamp"
+            raise StateError(msg) from None
+
+
+def _check_state_file(argv: list[str]) -> None:
+    """Fail with the file's name when `--state` is not readable JSON with valid bookmarks.
+
+    The SDK would crash with a JSON traceback that does not say which file was wrong.
+    """
+    for index, arg in enumerate(argv):
+        path = arg.split("=", 1)[1] if arg.startswith("--state=") else None
+        if arg == "--state" and index + 1 < len(argv):
+            path = argv[index + 1]
+        if path is None:
+            continue
+        try:
+            check_state(json.loads(Path(path).read_text(encoding="utf-8") or "{}"))
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+        except ValueError:
+            reason = "it is not valid JSON"
+        except StateError as exc:
+            reason = str(exc)
+        else:
+            continue
+        msg = (
+            f"cannot use state file {path}: {reason}. Fix it, or clear the state "
+            "(meltano state clear) to re-sync from scratch"
+        )
+        raise StateError(msg)
+
+
+def main() -> None:
+    """Run the tap's command line, ending expected failures with one line and a non-zero exit."""
+    argv = sys.argv[1:]
+    name = TapSmartcarConnections.name
+    try:
+        _check_state_file(argv)
+        TapSmartcarConnections.cli()
+    except SmartcarError as exc:
+        TapSmartcarConnections.logger.debug("Failure details", exc_info=True)
+        sys.stdout.flush()
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Interrupted as exc:
+        sys.stdout.flush()
+        print(
+            f"{name}: stopped by {exc}; the last STATE emitted is safe to resume from",
+            file=sys.stderr,
+        )
+        sys.exit(exc.exit_code)
+    except SystemExit as exc:
+        # The SDK's --test prints no verdict; a failure has already raised SmartcarError.
+        if exc.code in {0, None} and ("--test" in argv or "--test=all" in argv):
+            print(f"{name}: connection test passed: the API accepted the token", file=sys.stderr)
+        raise

@@ -1,0 +1,272 @@
+"""Core extraction through real HTTP against the simulator: paging, bookmarks, filters."""
+
+from __future__ import annotations
+
+import math
+import re
+import typing as t
+
+from tap_smartcar_connections.client import normalize_timestamp
+from tap_smartcar_connections.simulator import SmartcarSimulator
+
+from .conftest import bookmarks, sync
+
+NORMALISED = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
+
+
+def keys(connections: t.Iterable[dict[str, str]]) -> set[tuple[str, str]]:
+    return {(c["userId"], c["vehicleId"]) for c in connections}
+
+
+def newest(simulator: SmartcarSimulator, mode: str) -> str:
+    return max(normalize_timestamp(c["connectedAt"]) for c in simulator.connections(mode))
+
+
+def requests_for(simulator: SmartcarSimulator, mode: str) -> list[t.Any]:
+    return [r for r in simulator.requests if r.params.get("mode") == mode]
+
+
+def conn(user: str, vehicle: str, at: str, mode: str = "live") -> dict[str, str]:
+    return {"userId": user, "vehicleId": vehicle, "connectedAt": at, "mode": mode}
+
+
+def test_full_sync_emits_every_connection_once_in_the_fewest_requests(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    run = sync(config)
+
+    assert run.error is None
+    expected = keys(simulator.connections("live")) | keys(simulator.connections("simulated"))
+    assert len(run.records) == len(expected) == len(set(run.pairs()))
+    assert set(run.pairs()) == expected
+    assert all(r["mode"] in {"live", "simulated"} for r in run.records)
+    for mode in ("live", "simulated"):
+        sent = requests_for(simulator, mode)
+        assert len(sent) == max(1, math.ceil(len(simulator.connections(mode)) / 100))
+        assert all(r.params["limit"] == "100" for r in sent)
+    assert len(simulator.requests) == len(requests_for(simulator, "live")) + len(
+        requests_for(simulator, "simulated")
+    )
+
+
+def test_records_are_normalised_and_match_the_schema(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    run = sync(config)
+
+    schema = next(m for m in run.messages if m["type"] == "SCHEMA")
+    assert schema["key_properties"] == ["userId", "vehicleId"]
+    assert schema["bookmark_properties"] == ["connectedAt"]
+    assert all(set(r) == {"userId", "vehicleId", "connectedAt", "mode"} for r in run.records)
+    assert all(re.match(NORMALISED, r["connectedAt"]) for r in run.records)
+
+
+def test_each_page_carries_the_previous_cursor_url_encoded(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    run = sync({**config, "page_size": 7, "modes": ["live"]})
+
+    assert run.error is None
+    sent = requests_for(simulator, "live")
+    assert len(sent) == math.ceil(len(simulator.connections("live")) / 7)
+    assert "cursor" not in sent[0].params
+    cursors = [r.params["cursor"] for r in sent[1:]]
+    assert len(set(cursors)) == len(cursors)
+    # The simulator's cursors hold "+ / = :"; a raw "+" would arrive as a space and get a 400.
+    assert all(set("+/=:") <= set(c) for c in cursors)
+    assert all(r.status == 200 for r in sent)
+    assert set(run.pairs()) == keys(simulator.connections("live"))
+
+
+def test_each_mode_keeps_its_own_bookmark(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    run = sync(config)
+
+    assert bookmarks(run.state) == {
+        "mode=live": newest(simulator, "live"),
+        "mode=simulated": newest(simulator, "simulated"),
+    }
+
+
+def test_incremental_run_reads_only_new_connections_and_ties(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    first = sync(config)
+    live_mark = newest(simulator, "live")
+    sim_mark = newest(simulator, "simulated")
+    added = [
+        conn(f"new-user-{i}", f"new-vehicle-{i}", f"2026-06-0{i + 1}T12:00:00Z") for i in range(3)
+    ]
+    simulator.add(*added)
+    simulator.clear_log()
+
+    second = sync(config, state=first.state)
+
+    assert second.error is None
+    ties = {
+        (c["userId"], c["vehicleId"])
+        for mode, mark in (("live", live_mark), ("simulated", sim_mark))
+        for c in simulator.connections(mode)
+        if normalize_timestamp(c["connectedAt"]) == mark
+    }
+    assert set(second.pairs()) == keys(added) | ties
+    assert len(second.records) == len(set(second.pairs()))
+    assert len(requests_for(simulator, "live")) == 1
+    assert len(requests_for(simulator, "simulated")) == 1
+    assert bookmarks(second.state)["mode=live"] == "2026-06-03T12:00:00.000000Z"
+    assert bookmarks(second.state)["mode=simulated"] == sim_mark
+
+
+def test_incremental_request_count_is_ceil_of_new_plus_one_over_page_size(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    settings = {**config, "modes": ["live"], "page_size": 10}
+    first = sync(settings)
+    simulator.add(*[conn(f"u{i}", f"v{i}", f"2026-07-01T00:00:{i:02d}Z") for i in range(25)])
+    simulator.clear_log()
+
+    second = sync(settings, state=first.state)
+
+    assert len(simulator.requests) == math.ceil((25 + 1) / 10)
+    assert {f"u{i}" for i in range(25)} <= {r["userId"] for r in second.records}
+
+
+def test_start_date_skips_older_connections_and_stops_paging(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    live = simulator.connections("live")
+    start = normalize_timestamp(live[len(live) // 3]["connectedAt"])
+    wanted = [c for c in live if normalize_timestamp(c["connectedAt"]) >= start]
+
+    run = sync({**config, "modes": ["live"], "page_size": 10, "start_date": start})
+
+    assert set(run.pairs()) == keys(wanted)
+    assert len(simulator.requests) == math.ceil((len(wanted) + 1) / 10)
+    assert all(r["connectedAt"] >= start for r in run.records)
+
+
+def test_filters_reach_the_api_and_restrict_records(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    target = simulator.connections("live")[5]
+
+    run = sync({**config, "user_id": target["userId"], "vehicle_id": target["vehicleId"]})
+
+    assert run.error is None
+    assert run.pairs() == [(target["userId"], target["vehicleId"])]
+    assert all(r.params["user_id"] == target["userId"] for r in simulator.requests)
+    assert all(r.params["vehicle_id"] == target["vehicleId"] for r in simulator.requests)
+    assert {r.params["mode"] for r in simulator.requests} == {"live", "simulated"}
+
+
+def test_changing_a_filter_never_skips_what_the_new_filter_matches(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    live = simulator.connections("live")
+    newest_user = live[0]["userId"]
+    first = sync({**config, "modes": ["live"], "user_id": newest_user})
+    assert first.pairs() and {u for u, _ in first.pairs()} == {newest_user}
+
+    unfiltered = sync({**config, "modes": ["live"]}, state=first.state)
+
+    assert set(unfiltered.pairs()) == keys(live)
+
+
+def test_adding_a_mode_reads_all_of_it(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    first = sync({**config, "modes": ["live"]})
+
+    second = sync({**config, "modes": ["live", "simulated"]}, state=first.state)
+
+    simulated = [r for r in second.records if r["mode"] == "simulated"]
+    assert keys(simulated) == keys(simulator.connections("simulated"))
+
+
+def test_a_late_connection_at_the_bookmark_instant_is_not_lost(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    settings = {**config, "modes": ["live"]}
+    first = sync(settings)
+    mark = bookmarks(first.state)["mode=live"]
+    # Same instant, written in another precision, arriving after the first run.
+    late = conn("late-user", "late-vehicle", mark.replace(".000000Z", "Z").replace("000Z", "Z"))
+    simulator.add(late)
+
+    second = sync(settings, state=first.state)
+
+    assert ("late-user", "late-vehicle") in second.pairs()
+    assert bookmarks(second.state)["mode=live"] == mark
+
+
+def test_mixed_precision_timestamps_compare_as_instants() -> None:
+    data = [
+        conn("a", "1", "2026-03-01T10:00:00Z"),
+        conn("b", "2", "2026-03-01T10:00:00.5Z"),
+        conn("c", "3", "2026-03-01T09:59:59.789Z"),
+        conn("d", "4", "2026-03-01T09:00:00+00:00"),
+        conn("e", "5", "2026-03-01T10:00:00.250+00:00"),
+    ]
+    with SmartcarSimulator(data, token="t") as sim:
+        settings = {"management_token": "t", "api_url": sim.api_url, "modes": ["live"]}
+        first = sync(settings)
+        second = sync(settings, state=first.state)
+
+    assert sorted(r["connectedAt"] for r in first.records) == [
+        "2026-03-01T09:00:00.000000Z",
+        "2026-03-01T09:59:59.789000Z",
+        "2026-03-01T10:00:00.000000Z",
+        "2026-03-01T10:00:00.250000Z",
+        "2026-03-01T10:00:00.500000Z",
+    ]
+    assert bookmarks(first.state) == {"mode=live": "2026-03-01T10:00:00.500000Z"}
+    assert second.pairs() == [("b", "2")]
+
+
+def test_normalize_timestamp_forms() -> None:
+    expected = "2026-03-01T10:00:00.500000Z"
+    for value in (
+        "2026-03-01T10:00:00.5Z",
+        "2026-03-01T10:00:00.500Z",
+        "2026-03-01T10:00:00.500000Z",
+        "2026-03-01T10:00:00.5+00:00",
+        "2026-03-01T12:00:00.5+02:00",
+    ):
+        assert normalize_timestamp(value) == expected
+    assert normalize_timestamp("2026-03-01") == "2026-03-01T00:00:00.000000Z"
+
+
+def test_a_failed_run_keeps_old_bookmarks_and_a_rerun_loses_nothing(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    settings = {**config, "page_size": 10, "max_retry_seconds": 0}
+    simulator.faults.fail_after_page = 3
+
+    failed = sync(settings)
+
+    assert failed.error is not None
+    assert 0 < len(failed.records) < 250
+    assert bookmarks(failed.state) == {}
+    simulator.faults.fail_after_page = None
+    rerun = sync(settings, state=failed.state)
+
+    everything = keys(simulator.connections("live")) | keys(simulator.connections("simulated"))
+    assert set(failed.pairs()) | set(rerun.pairs()) == everything
+    assert rerun.error is None
+
+
+def test_a_bookmark_never_moves_backwards(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    settings = {**config, "modes": ["live"]}
+    first = sync(settings)
+    mark = bookmarks(first.state)["mode=live"]
+    for c in simulator.connections("live"):
+        if normalize_timestamp(c["connectedAt"]) == mark:
+            simulator.remove(c["userId"], c["vehicleId"])
+
+    second = sync(settings, state=first.state)
+
+    assert second.records == []
+    assert bookmarks(second.state) == {"mode=live": mark}

@@ -1,0 +1,82 @@
+"""Drift checks: catalog.json, meltano.yml and the README say what the code says."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import typing as t
+from pathlib import Path
+
+import yaml
+
+from tap_smartcar_connections.client import ConnectionsStream
+from tap_smartcar_connections.tap import SETTINGS
+
+from .conftest import ROOT
+
+CLI = str(Path(sys.executable).with_name("tap-smartcar-connections"))
+
+
+def expected_meltano_settings() -> list[dict[str, t.Any]]:
+    """The Meltano setting definitions that the config schema implies, in schema order."""
+    result = []
+    for name, spec in SETTINGS.to_dict()["properties"].items():
+        types = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
+        if spec.get("secret"):
+            kind = "password"
+        elif spec.get("format") == "date-time":
+            kind = "date_iso8601"
+        else:
+            kind = next(k for k in types if k != "null")
+        setting: dict[str, t.Any] = {
+            "name": name,
+            "kind": kind,
+            "label": spec["title"],
+            "description": spec["description"],
+        }
+        if "default" in spec:
+            setting["value"] = spec["default"]
+        if spec.get("secret"):
+            setting["sensitive"] = True
+        result.append(setting)
+    return result
+
+
+def test_every_setting_and_field_has_a_description() -> None:
+    assert all(s["description"] for s in expected_meltano_settings())
+    assert all(p.get("description") for p in ConnectionsStream.schema["properties"].values())
+
+
+def test_meltano_yml_settings_match_the_config_schema() -> None:
+    project = yaml.safe_load((ROOT / "meltano.yml").read_text())
+    extractor = project["plugins"]["extractors"][0]
+
+    assert extractor["name"] == "tap-smartcar-connections"
+    assert extractor["settings"] == expected_meltano_settings()
+    assert extractor["settings_group_validation"] == [["management_token"]]
+
+
+def test_meltano_yml_capabilities_match_about() -> None:
+    about = json.loads(
+        subprocess.run([CLI, "--about", "--format", "json"], capture_output=True, check=True).stdout
+    )
+    project = yaml.safe_load((ROOT / "meltano.yml").read_text())
+    declared = set(project["plugins"]["extractors"][0]["capabilities"])
+
+    assert declared == set(about["capabilities"])
+
+
+def test_catalog_json_is_the_discover_output() -> None:
+    discovered = subprocess.run([CLI, "--discover"], capture_output=True, check=True, text=True)
+
+    assert json.loads((ROOT / "catalog.json").read_text()) == json.loads(discovered.stdout)
+
+
+def test_readme_settings_table_is_the_about_markdown_table() -> None:
+    about = subprocess.run(
+        [CLI, "--about", "--format", "markdown"], capture_output=True, check=True, text=True
+    ).stdout
+    table = about[about.index("| Setting |") :].split("\n\n")[0].strip()
+
+    assert table in (ROOT / "README.md").read_text()
