@@ -1,0 +1,354 @@
+"""Unattended runs: retries, rate limits, API errors, signals, paging loops, bad state, secrets."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import typing as t
+from email.utils import formatdate
+from pathlib import Path
+
+import pytest
+
+from tap_smartcar_connections.simulator import SmartcarSimulator
+
+from .conftest import TOKEN, Run, bookmarks, run_cli, sync
+
+CLI = str(Path(sys.executable).with_name("tap-smartcar-connections"))
+
+
+def everything(simulator: SmartcarSimulator, *modes: str) -> set[tuple[str, str]]:
+    return {(c["userId"], c["vehicleId"]) for m in modes for c in simulator.connections(m)}
+
+
+def warnings(run: Run) -> list[str]:
+    return [line for line in run.stderr.splitlines() if "retrying in" in line]
+
+
+def error_lines(run: Run) -> list[str]:
+    return [line for line in run.stderr.splitlines() if "error:" in line]
+
+
+def test_429_waits_exactly_retry_after_and_warns_once_per_wait(
+    tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    simulator.faults.rate_limit_every = 3
+    simulator.faults.retry_after = "1"
+
+    run = run_cli(tmp_path, {**config, "modes": ["live"], "page_size": 25})
+
+    assert run.exit_code == 0, run.stderr
+    assert set(run.pairs()) == everything(simulator, "live")
+    log = simulator.requests
+    limited = [i for i, r in enumerate(log) if r.status == 429]
+    assert limited
+    for i in limited:
+        gap = log[i + 1].time - log[i].time
+        assert 1.0 <= gap < 1.8
+    lines = warnings(run)
+    assert len(lines) == len(limited)
+    assert all("429 RATE_LIMIT" in line and "requestId" in line for line in lines)
+    assert all("retrying in 1.0 s" in line for line in lines)
+    assert '"statusCode"' not in run.stderr
+
+
+def test_retry_after_as_an_http_date_is_honoured(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    simulator.faults.rate_limit_every = 2
+    simulator.faults.retry_after = formatdate(time.time() + 3, usegmt=True)
+
+    run = sync({**config, "modes": ["live"], "page_size": 100})
+
+    assert run.error is None
+    log = simulator.requests
+    assert log[1].status == 429
+    assert 1.0 <= log[2].time - log[1].time <= 3.5
+
+
+def test_server_errors_truncated_bodies_and_resets_are_retried(
+    tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    simulator.faults.error_every = 4
+    simulator.faults.truncate_every = 5
+
+    run = run_cli(tmp_path, {**config, "page_size": 25})
+
+    assert run.exit_code == 0, run.stderr
+    assert set(run.pairs()) == everything(simulator, "live", "simulated")
+    failed = [r for r in simulator.requests if r.status != 200 or r.fault == "truncated"]
+    assert len(warnings(run)) == len(failed) > 0
+    assert any("500" in line for line in warnings(run))
+    assert any("not the expected connections JSON" in line for line in warnings(run))
+
+
+def test_chaos_still_delivers_every_connection_with_the_right_bookmarks(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    simulator.faults.chaos_rate = 0.2
+    simulator.faults.chaos_seed = 11
+    simulator.faults.retry_after = "0"
+
+    run = sync({**config, "page_size": 20, "max_retry_seconds": 120})
+
+    assert run.error is None
+    assert set(run.pairs()) == everything(simulator, "live", "simulated")
+    assert sum(r.fault is not None for r in simulator.requests) >= 3
+    clean = sync(config)
+    assert bookmarks(run.state) == bookmarks(clean.state)
+
+
+def test_a_request_failing_past_max_retry_seconds_fails_the_run_clearly(
+    tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    simulator.faults.fail_after_page = 2
+    simulator.faults.fail_status = 503
+
+    run = run_cli(tmp_path, {**config, "page_size": 10, "max_retry_seconds": 2})
+
+    assert run.exit_code == 1
+    (line,) = error_lines(run)
+    assert "still failing" in line and "503" in line and "max_retry_seconds=2" in line
+    assert "Traceback" not in run.stderr
+    assert bookmarks(run.state) == {}
+    assert len(run.records) == 20
+
+
+def test_a_retry_after_beyond_the_budget_fails_at_once(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    simulator.faults.rate_limit_every = 1
+    simulator.faults.retry_after = "120"
+    started = time.monotonic()
+
+    run = sync({**config, "max_retry_seconds": 10})
+
+    assert time.monotonic() - started < 5
+    assert run.error is not None and "429 RATE_LIMIT" in str(run.error)
+
+
+def test_timeouts_are_retried(simulator: SmartcarSimulator, config: dict[str, t.Any]) -> None:
+    simulator.faults.latency = 1.5
+
+    run = sync({**config, "request_timeout": 1, "max_retry_seconds": 2})
+
+    assert run.error is not None
+    assert "after 2 attempts" in str(run.error)
+    assert "ReadTimeout" in str(run.error)
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (401, ["401 AUTHENTICATION", "requestId", "see https://", "check management_token"]),
+        (430, ["430 BILLING", "requestId", "billing"]),
+        (403, ["403 PERMISSION", "permissions"]),
+        (400, ["400 VALIDATION", "page_size"]),
+    ],
+)
+def test_client_errors_fail_fast_with_one_human_line(
+    tmp_path: Path,
+    simulator: SmartcarSimulator,
+    config: dict[str, t.Any],
+    status: int,
+    expected: list[str],
+) -> None:
+    simulator.faults.force_status = status
+
+    run = run_cli(tmp_path, config)
+
+    assert run.exit_code == 1
+    (line,) = error_lines(run)
+    assert all(part in line for part in expected), line
+    assert "Traceback" not in run.stderr
+    assert len(simulator.requests) == 1
+
+
+def test_a_wrong_token_is_a_401_without_retries(
+    tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    run = run_cli(tmp_path, {**config, "management_token": "wrong"})
+
+    assert run.exit_code == 1
+    assert "401 AUTHENTICATION" in error_lines(run)[0]
+    assert [r.status for r in simulator.requests] == [401]
+
+
+def test_an_html_error_body_is_summarised_without_the_body(
+    tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    simulator.faults.force_status = 403
+    simulator.faults.html_errors = True
+
+    run = run_cli(tmp_path, config)
+
+    assert run.exit_code == 1
+    (line,) = error_lines(run)
+    assert "403 Forbidden (the body was not Smartcar's error JSON)" in line
+    assert "<html" not in run.stderr.lower()
+
+
+@pytest.mark.parametrize("fault", ["repeat_cursor", "cursor_cycle"])
+def test_a_paging_loop_ends_the_run(
+    tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any], fault: str
+) -> None:
+    if fault == "repeat_cursor":
+        simulator.faults.repeat_cursor = True
+    else:
+        simulator.faults.cursor_cycle = 3
+
+    run = run_cli(tmp_path, {**config, "page_size": 10}, timeout=60)
+
+    assert run.exit_code == 1
+    (line,) = error_lines(run)
+    assert "paging loop" in line
+    assert len(simulator.requests) <= 6
+    assert bookmarks(run.state) == {}
+
+
+def test_max_requests_per_minute_paces_requests(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    run = sync({**config, "modes": ["live"], "page_size": 40, "max_requests_per_minute": 240})
+
+    assert run.error is None
+    times = [r.time for r in simulator.requests]
+    assert len(times) >= 3
+    assert all(b - a >= 0.24 for a, b in itertools.pairwise(times))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_run_non_zero_with_resumable_state(
+    tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any], signum: int
+) -> None:
+    simulator.faults.latency = 0.05
+    settings = {**config, "page_size": 5}
+    (tmp_path / "config.json").write_text(json.dumps(settings))
+    proc = subprocess.Popen(
+        [CLI, "--config", str(tmp_path / "config.json")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if sum('"RECORD"' in x for x in lines) >= 40:
+            break
+    started = time.monotonic()
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)
+    lines += out.splitlines()
+
+    assert time.monotonic() - started < 5
+    assert proc.returncode == 128 + signum
+    assert f"stopped by {signal.Signals(signum).name}" in err
+    assert "Traceback" not in err
+    first = Run([json.loads(x) for x in lines])
+    assert 40 <= len(first.records) < 250
+    simulator.faults.latency = 0
+    rerun = sync(settings, state=first.state)
+    assert set(first.pairs()) | set(rerun.pairs()) == everything(simulator, "live", "simulated")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("{not json", "it is not valid JSON"),
+        (
+            json.dumps(
+                {
+                    "bookmarks": {
+                        "connections": {
+                            "partitions": [
+                                {
+                                    "context": {"mode": "live"},
+                                    "replication_key": "connectedAt",
+                                    "replication_key_value": "last tuesday",
+                                }
+                            ]
+                        }
+                    }
+                }
+            ),
+            'bookmark for {"mode": "live"} is "last tuesday", not a timestamp',
+        ),
+        ("[1, 2]", "not a JSON object"),
+    ],
+)
+def test_a_bad_state_file_is_named_and_nothing_is_requested(
+    tmp_path: Path,
+    simulator: SmartcarSimulator,
+    config: dict[str, t.Any],
+    content: str,
+    expected: str,
+) -> None:
+    run = run_cli(tmp_path, config, state=content)
+
+    assert run.exit_code == 1
+    (line,) = error_lines(run)
+    assert f"state file {tmp_path / 'state.json'}" in line
+    assert expected in line
+    assert "Traceback" not in run.stderr
+    assert simulator.requests == []
+
+
+def test_the_token_never_appears_in_any_output_at_debug(
+    tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    secrets = [
+        TOKEN,
+        base64.b64encode(f"default:{TOKEN}".encode()).decode(),
+        f"default:{TOKEN}",
+    ]
+    debug = {"LOGLEVEL": "DEBUG", "TAP_SMARTCAR_CONNECTIONS_LOGLEVEL": "DEBUG"}
+    simulator.faults.rate_limit_every = 4
+    simulator.faults.retry_after = "0"
+    simulator.faults.error_every = 5
+    simulator.faults.truncate_every = 7
+    outputs = []
+
+    ok = run_cli(tmp_path, {**config, "page_size": 50}, env=debug)
+    assert ok.exit_code == 0, ok.stderr
+    assert "urllib3" in ok.stderr or "connectionpool" in ok.stderr  # DEBUG really is on
+    outputs.append(json.dumps(ok.messages) + ok.stderr)
+    simulator.faults.force_status = 401
+    outputs.append(run_cli(tmp_path, config, env=debug).stderr)
+    simulator.faults.force_status = None
+    simulator.faults.fail_after_page = 0
+    outputs.append(run_cli(tmp_path, {**config, "max_retry_seconds": 0}, env=debug).stderr)
+    outputs.append(run_cli(tmp_path, {**config, "page_size": 0}, env=debug).stderr)
+    for args in (["--about"], ["--about", "--format", "json"], ["--discover"], ["--test"]):
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        proc = subprocess.run(
+            [CLI, "--config", str(tmp_path / "config.json"), *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **debug},
+            check=False,
+        )
+        outputs.append(proc.stdout + proc.stderr)
+
+    for output in outputs:
+        for secret in secrets:
+            assert secret not in output
+
+
+def test_the_connection_test_says_pass_or_fail(
+    tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    passed = run_cli(tmp_path, config, "--test")
+    failed = run_cli(tmp_path, {**config, "management_token": "wrong"}, "--test")
+
+    assert passed.exit_code == 0
+    assert "connection test passed" in passed.stderr
+    assert failed.exit_code == 1
+    assert "401 AUTHENTICATION" in error_lines(failed)[0]
+    assert "connection test passed" not in failed.stderr
