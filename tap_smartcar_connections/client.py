@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import random
 import re
+import sys
 import time
 import typing as t
 from http import HTTPStatus
@@ -22,6 +24,8 @@ from typing_extensions import override
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
+
+    from singer_sdk import Tap
 
 MODES = ("live", "simulated", "test")
 RETRY_BASE_SECONDS = 1.0
@@ -129,6 +133,10 @@ def _retry_after(exc: BaseException) -> float | None:
     return max(0.0, (when - pendulum.now("UTC")).total_seconds())
 
 
+def _not_an_expected_failure(record: logging.LogRecord) -> bool:
+    return not isinstance(sys.exc_info()[1], SmartcarError)
+
+
 def _failure_summary(exc: BaseException) -> str:
     response = getattr(exc, "response", None)
     if isinstance(exc, _UnexpectedBody):
@@ -181,6 +189,15 @@ class ConnectionsStream(RESTStream[str]):
 
     _last_request_at = 0.0
 
+    def __init__(self, tap: Tap) -> None:
+        """Create the stream; expected failures skip the SDK's generic error line.
+
+        The SDK logs "An unhandled error occurred" before re-raising any error; for a
+        `SmartcarError` the command line prints the one line that says what happened.
+        """
+        super().__init__(tap)
+        self.logger.addFilter(_not_an_expected_failure)
+
     @property
     @override
     def url_base(self) -> str:
@@ -210,7 +227,7 @@ class ConnectionsStream(RESTStream[str]):
             for field, setting in (("userId", "user_id"), ("vehicleId", "vehicle_id"))
             if self.config.get(setting)
         }
-        return [{"mode": mode, **filters} for mode in self.config["modes"]]
+        return [{"mode": mode, **filters} for mode in dict.fromkeys(self.config["modes"])]
 
     @property
     @override

@@ -167,6 +167,7 @@ def test_client_errors_fail_fast_with_one_human_line(
     (line,) = error_lines(run)
     assert all(part in line for part in expected), line
     assert "Traceback" not in run.stderr
+    assert "ERROR" not in run.stderr  # the SDK's generic "unhandled error" line is not shown
     assert len(simulator.requests) == 1
 
 
