@@ -270,3 +270,12 @@ def test_a_bookmark_never_moves_backwards(
 
     assert second.records == []
     assert bookmarks(second.state) == {"mode=live": mark}
+
+
+def test_a_mode_listed_twice_is_read_once(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    run = sync({**config, "modes": ["live", "live"]})
+
+    assert len(run.records) == len(set(run.pairs())) == len(simulator.connections("live"))
+    assert len(simulator.requests) == math.ceil(len(simulator.connections("live")) / 100)
