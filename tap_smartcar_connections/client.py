@@ -10,6 +10,7 @@ import re
 import sys
 import time
 import typing as t
+from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 
 import pendulum
@@ -101,14 +102,12 @@ def describe_response(response: requests.Response) -> str:
     Returns:
         For example `401 AUTHENTICATION: Invalid token (requestId 5d2..., see https://...)`.
     """
-    body: t.Any = None
-    if "json" in response.headers.get("Content-Type", ""):
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
     if not isinstance(body, dict):
-        reason = response.reason or HTTPStatus(response.status_code).phrase
+        reason = response.reason or "error"
         return f"{response.status_code} {reason} (the body was not Smartcar's error JSON)"
     text = f"{response.status_code} {body.get('type') or response.reason}"
     if body.get("description"):
@@ -127,10 +126,10 @@ def _retry_after(exc: BaseException) -> float | None:
     if header.strip().isdigit():
         return float(header)
     try:
-        when = pendulum.from_format(header, "ddd, DD MMM YYYY HH:mm:ss z")
-    except ValueError:
+        when = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
         return None
-    return max(0.0, (when - pendulum.now("UTC")).total_seconds())
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _not_an_expected_failure(record: logging.LogRecord) -> bool:
