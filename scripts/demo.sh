@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
 meltano=.venv/bin/meltano
-$meltano install
+$meltano install tap-smartcar-connections target-jsonl
 
 has_token=$($meltano config print tap-smartcar-connections 2>/dev/null \
   | .venv/bin/python -c 'import json,sys; print(bool(json.load(sys.stdin).get("management_token")))' \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -11,17 +12,24 @@ from pathlib import Path
 import yaml
 
 from tap_smartcar_connections.client import ConnectionsStream
-from tap_smartcar_connections.tap import SETTINGS
+from tap_smartcar_connections.tap import TapSmartcarConnections
 
 from .conftest import ROOT
 
 CLI = str(Path(sys.executable).with_name("tap-smartcar-connections"))
 
 
+def config_schema() -> dict[str, t.Any]:
+    """The whole config schema: the tap's settings, then the SDK's built-in ones."""
+    schema: dict[str, t.Any] = copy.deepcopy(TapSmartcarConnections.config_jsonschema)
+    TapSmartcarConnections.append_builtin_config(schema)
+    return schema
+
+
 def expected_meltano_settings() -> list[dict[str, t.Any]]:
     """The Meltano setting definitions that the config schema implies, in schema order."""
     result = []
-    for name, spec in SETTINGS.to_dict()["properties"].items():
+    for name, spec in config_schema()["properties"].items():
         types = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
         if spec.get("secret"):
             kind = "password"

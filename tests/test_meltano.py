@@ -1,0 +1,400 @@
+"""End to end through real Meltano: the repository's meltano.yml, jsonl and PostgreSQL.
+
+One throwaway Meltano project per session (a copy of meltano.yml whose tap installs from this
+checkout), `meltano install` once, Meltano's own state store, and a simulator per test whose
+URL and token reach the plugins through environment variables, as a deployment would pass them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import typing as t
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tap_smartcar_connections.client import normalize_timestamp
+from tap_smartcar_connections.simulator import SmartcarSimulator, generate_connections
+
+from .conftest import ROOT, TOKEN
+from .postgres import PASSWORD, Postgres, postgres  # noqa: F401  (the session fixture)
+
+MELTANO = Path(sys.executable).with_name("meltano")
+HUB_FILE = ROOT / "hub" / "extractors" / "tap-smartcar-connections" / "smartcar-connections.yml"
+Key = tuple[str, str]
+Row = tuple[str, str, str, str]
+
+
+@dataclass
+class MeltanoProject:
+    """A Meltano project in a temporary directory, with its plugins installed."""
+
+    root: Path
+
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `meltano ARGS`; check that no secret reaches its output."""
+        proc = subprocess.run(
+            [str(MELTANO), *args],
+            cwd=self.root,
+            env={**clean_environment(), **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        for secret in (TOKEN, PASSWORD):
+            assert secret not in proc.stdout + proc.stderr, f"secret leaked by meltano {args}"
+        return proc
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without anything that would configure the plugins."""
+    prefixes = ("TAP_SMARTCAR_CONNECTIONS_", "TARGET_", "MELTANO_", "SINGER_SDK_", "PG")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env["MELTANO_SEND_ANONYMOUS_USAGE_STATS"] = "false"
+    env["MELTANO_CLI_DISABLE_VERSION_CHECK"] = "true"
+    return env
+
+
+@pytest.fixture(scope="session")
+def meltano_project(tmp_path_factory: pytest.TempPathFactory) -> MeltanoProject:
+    """The repository's meltano.yml in a temporary project, `meltano install`ed once."""
+    root = tmp_path_factory.mktemp("meltano-project")
+    text = (ROOT / "meltano.yml").read_text()
+    assert text.count("pip_url: -e .\n") == 1
+    (root / "meltano.yml").write_text(
+        text.replace("pip_url: -e .\n", f"pip_url: -e {shlex.quote(str(ROOT))}\n")
+    )
+    project = MeltanoProject(root)
+    installed = project.run("install", timeout=900)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    return project
+
+
+def tap_env(simulator: SmartcarSimulator, state_suffix: str) -> dict[str, str]:
+    return {
+        "TAP_SMARTCAR_CONNECTIONS_API_URL": simulator.api_url,
+        "TAP_SMARTCAR_CONNECTIONS_MANAGEMENT_TOKEN": TOKEN,
+        "MELTANO_RUN_STATE_ID_SUFFIX": state_suffix,
+    }
+
+
+def recent_simulator(n: int, seed: int) -> SmartcarSimulator:
+    """A started simulator whose connections all precede today, whatever the clock says."""
+    start = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=1)
+    simulator = SmartcarSimulator(generate_connections(n, seed=seed, start=start), token=TOKEN)
+    simulator.start()
+    return simulator
+
+
+def connect_new(simulator: SmartcarSimulator, n: int) -> set[Key]:
+    """Add `n` connections made in the last hours (newer than any bookmark), both modes."""
+    now = datetime.now(UTC)
+    new = [
+        {
+            "userId": str(uuid.uuid4()),
+            "vehicleId": str(uuid.uuid4()),
+            "connectedAt": (now - timedelta(minutes=10 * (i + 1))).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "mode": ("live", "simulated")[i % 2],
+        }
+        for i in range(n)
+    ]
+    simulator.add(*new)
+    return {(c["userId"], c["vehicleId"]) for c in new}
+
+
+def served(simulator: SmartcarSimulator) -> set[Row]:
+    return {
+        (c["userId"], c["vehicleId"], normalize_timestamp(c["connectedAt"]), c["mode"])
+        for c in simulator.connections()
+    }
+
+
+def at_bookmarks(simulator: SmartcarSimulator) -> set[Key]:
+    """Connections at their mode's newest instant: an incremental run reads these again."""
+    result = set()
+    for mode in ("live", "simulated"):
+        rows = simulator.connections(mode)
+        newest = max(normalize_timestamp(c["connectedAt"]) for c in rows)
+        result |= {
+            (c["userId"], c["vehicleId"])
+            for c in rows
+            if normalize_timestamp(c["connectedAt"]) == newest
+        }
+    return result
+
+
+def table(pg: Postgres, schema: str) -> dict[Key, dict[str, t.Any]]:
+    """The loaded `connections` table by key, with `connectedAt` in the tap's UTC form."""
+    rows = pg.rows(
+        'SELECT "userId", "vehicleId", mode, _sdc_deleted_at, _sdc_table_version, '  # noqa: S608
+        "_sdc_received_at, "
+        """to_char("connectedAt", 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS "connectedAt" """
+        f'FROM "{schema}".connections'
+    )
+    by_key = {(r["userId"], r["vehicleId"]): r for r in rows}
+    assert len(by_key) == len(rows), "a key is loaded twice"
+    return by_key
+
+
+def active(rows: dict[Key, dict[str, t.Any]]) -> set[Row]:
+    return {
+        (r["userId"], r["vehicleId"], r["connectedAt"], r["mode"])
+        for r in rows.values()
+        if r["_sdc_deleted_at"] is None
+    }
+
+
+def failed(proc: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
+
+
+def test_meltano_yml_needs_no_hub_and_defines_the_schedules() -> None:
+    project = yaml.safe_load((ROOT / "meltano.yml").read_text())
+    extractors = {p["name"]: p for p in project["plugins"]["extractors"]}
+    loaders = {p["name"]: p for p in project["plugins"]["loaders"]}
+    full = extractors["tap-smartcar-connections--full"]
+    jobs = {j["name"]: j["tasks"] for j in project["jobs"]}
+    plugins = set(extractors) | set(loaders)
+
+    assert project["plugins"]["extractors"][0]["name"] == "tap-smartcar-connections"
+    for plugin in [*extractors.values(), *loaders.values()]:
+        assert "inherit_from" in plugin or {"namespace", "pip_url"} <= plugin.keys()
+    assert loaders["target-postgres"]["pip_url"] == "meltanolabs-target-postgres==0.8.1"
+    assert loaders["target-jsonl"]["pip_url"].startswith("target-jsonl==")
+    assert full["inherit_from"] == "tap-smartcar-connections"
+    assert full["metadata"] == {"connections": {"replication-method": "FULL_TABLE"}}
+    assert full["config"]["emit_activate_version_messages"] is True
+    for tasks in jobs.values():
+        assert all(set(task.split()) <= plugins for task in tasks)
+    assert {s["job"] for s in project["schedules"]} == set(jobs)
+
+
+def test_meltano_lists_the_nightly_and_weekly_schedules(meltano_project: MeltanoProject) -> None:
+    listed = meltano_project.run("schedule", "list", "--format=json")
+
+    assert listed.returncode == 0, failed(listed)
+    schedules = {s["name"]: s for s in json.loads(listed.stdout)["schedules"]["job"]}
+    nightly = schedules["connections-nightly"]
+    weekly = schedules["connections-weekly-full-refresh"]
+    assert nightly["cron_interval"] == "0 2 * * *"
+    assert nightly["job"]["tasks"] == ["tap-smartcar-connections target-postgres"]
+    assert weekly["cron_interval"] == "0 4 * * 0"
+    assert weekly["job"]["tasks"] == ["tap-smartcar-connections--full target-postgres"]
+
+
+def test_a_new_project_adds_the_tap_from_the_hub_definition(tmp_path: Path) -> None:
+    project = MeltanoProject(tmp_path / "elt")
+    created = MeltanoProject(tmp_path).run("init", "elt", "--no-usage-stats")
+    assert created.returncode == 0, failed(created)
+    added = project.run(
+        "add",
+        "--no-install",
+        "--plugin-type=extractor",
+        "tap-smartcar-connections",
+        f"--from-ref={HUB_FILE}",
+    )
+    assert added.returncode == 0, failed(added)
+    meltano_yml = project.root / "meltano.yml"
+    text = meltano_yml.read_text()
+    # Not on PyPI yet: install this checkout instead of the published package.
+    assert text.count("pip_url: tap-smartcar-connections\n") == 1
+    meltano_yml.write_text(
+        text.replace(
+            "pip_url: tap-smartcar-connections\n", f"pip_url: -e {shlex.quote(str(ROOT))}\n"
+        )
+    )
+    installed = project.run("install", "tap-smartcar-connections", timeout=900)
+    assert installed.returncode == 0, failed(installed)
+
+    with SmartcarSimulator(generate_connections(20, seed=4), token=TOKEN) as simulator:
+        for name, value in (("management_token", TOKEN), ("api_url", simulator.api_url)):
+            stored = project.run("config", "set", "tap-smartcar-connections", name, value)
+            assert stored.returncode == 0, failed(stored)
+        tested = project.run("config", "test", "tap-smartcar-connections")
+        invoked = project.run("invoke", "tap-smartcar-connections")
+
+    assert TOKEN in (project.root / ".env").read_text()
+    assert TOKEN not in meltano_yml.read_text()
+    assert "Plugin configuration is valid" in tested.stdout
+    assert invoked.returncode == 0, failed(invoked)
+    records = [json.loads(line) for line in invoked.stdout.splitlines()]
+    assert sum(m["type"] == "RECORD" for m in records) == 20
+
+
+def test_the_connection_test_says_valid_or_invalid(meltano_project: MeltanoProject) -> None:
+    with SmartcarSimulator(generate_connections(20, seed=2), token=TOKEN) as simulator:
+        env = tap_env(simulator, "config-test")
+        good = meltano_project.run("config", "test", "tap-smartcar-connections", env=env)
+        bad = meltano_project.run(
+            "config",
+            "test",
+            "tap-smartcar-connections",
+            env={**env, "TAP_SMARTCAR_CONNECTIONS_MANAGEMENT_TOKEN": "revoked"},
+        )
+
+    assert good.returncode == 0, failed(good)
+    assert "Plugin configuration is valid" in good.stdout
+    assert bad.returncode == 1
+    assert "Plugin configuration is invalid" in bad.stderr
+    assert "401 AUTHENTICATION" in bad.stderr
+
+
+def test_scheduled_runs_into_jsonl_read_only_new_connections(
+    meltano_project: MeltanoProject, tmp_path: Path
+) -> None:
+    simulator = recent_simulator(300, seed=5)
+    try:
+        env = {**tap_env(simulator, "jsonl"), "TARGET_JSONL_DESTINATION_PATH": str(tmp_path)}
+        output = tmp_path / "connections.jsonl"
+        first = meltano_project.run("run", "tap-smartcar-connections", "target-jsonl", env=env)
+        assert first.returncode == 0, failed(first)
+        loaded = [json.loads(line) for line in output.read_text().splitlines()]
+        assert {(r["userId"], r["vehicleId"]) for r in loaded} == {
+            (c["userId"], c["vehicleId"]) for c in simulator.connections()
+        }
+        assert len(loaded) == len(simulator)
+
+        rereads = at_bookmarks(simulator)
+        new = connect_new(simulator, 7)
+        simulator.clear_log()
+        simulator.faults.rate_limit_every = 2
+        simulator.faults.retry_after = "0"
+        second = meltano_project.run(
+            "--log-format=json", "run", "tap-smartcar-connections", "target-jsonl", env=env
+        )
+        state = meltano_project.run(
+            "state", "get", "dev:tap-smartcar-connections-to-target-jsonl:jsonl", env=env
+        )
+    finally:
+        simulator.stop()
+
+    assert second.returncode == 0, failed(second)
+    appended = [json.loads(line) for line in output.read_text().splitlines()][len(loaded) :]
+    assert {(r["userId"], r["vehicleId"]) for r in appended} == new | rereads
+    assert sum(r.status == 200 for r in simulator.requests) == 2  # one page per mode
+    bookmarks = {
+        p["context"]["mode"]: p["replication_key_value"]
+        for p in json.loads(state.stdout)["singer_state"]["bookmarks"]["connections"]["partitions"]
+    }
+    assert bookmarks == {
+        mode: max(normalize_timestamp(c["connectedAt"]) for c in simulator.connections(mode))
+        for mode in ("live", "simulated")
+    }
+    events = [json.loads(line) for line in second.stderr.splitlines() if line.startswith("{")]
+    retries = [e for e in events if "retrying in" in e.get("event", "")]
+    assert retries
+    assert all(e["level"] == "warning" and e["name"] == "tap-smartcar-connections" for e in retries)
+
+
+def test_stream_maps_pseudonymise_user_id_through_meltano(
+    meltano_project: MeltanoProject,
+) -> None:
+    with SmartcarSimulator(generate_connections(40, seed=6), token=TOKEN) as simulator:
+        env = {
+            **tap_env(simulator, "privacy"),
+            "TAP_SMARTCAR_CONNECTIONS_STREAM_MAPS": json.dumps(
+                {"connections": {"userId": "md5(userId)"}}
+            ),
+        }
+        invoked = meltano_project.run("invoke", "tap-smartcar-connections", env=env)
+        users = {c["userId"] for c in simulator.connections()}
+
+    assert invoked.returncode == 0, failed(invoked)
+    messages = [json.loads(line) for line in invoked.stdout.splitlines()]
+    (schema,) = [m for m in messages if m["type"] == "SCHEMA"]
+    records = [m["record"] for m in messages if m["type"] == "RECORD"]
+    assert schema["key_properties"] == ["userId", "vehicleId"]
+    assert len(records) == 40
+    assert all(len(r["userId"]) == 32 and r["userId"] not in users for r in records)
+    assert not any(user in invoked.stdout for user in users)
+
+
+def test_scheduled_incremental_runs_into_postgres(
+    meltano_project: MeltanoProject,
+    postgres: Postgres,  # noqa: F811
+) -> None:
+    simulator = recent_simulator(300, seed=7)
+    try:
+        env = {**tap_env(simulator, "pg-incremental"), **postgres.target_env("incremental")}
+        first = meltano_project.run("schedule", "run", "connections-nightly", env=env)
+        assert first.returncode == 0, failed(first)
+        before = table(postgres, "incremental")
+        assert active(before) == served(simulator)
+        assert len(before) == len(simulator)
+
+        rereads = at_bookmarks(simulator)
+        new = connect_new(simulator, 5)
+        simulator.clear_log()
+        second = meltano_project.run("schedule", "run", "connections-nightly", env=env)
+    finally:
+        simulator.stop()
+
+    assert second.returncode == 0, failed(second)
+    after = table(postgres, "incremental")
+    written = {
+        key
+        for key, row in after.items()
+        if key not in before or row["_sdc_received_at"] != before[key]["_sdc_received_at"]
+    }
+    assert written == new | rereads
+    assert len(simulator.requests) == 2
+    assert active(after) == served(simulator)
+    assert len(after) == len(simulator)
+
+
+def test_full_refresh_into_postgres_removes_disconnected_vehicles_only_after_a_complete_read(
+    meltano_project: MeltanoProject,
+    postgres: Postgres,  # noqa: F811
+) -> None:
+    simulator = recent_simulator(300, seed=8)
+    try:
+        env = {**tap_env(simulator, "pg-full"), **postgres.target_env("full_refresh")}
+        first = meltano_project.run("schedule", "run", "connections-weekly-full-refresh", env=env)
+        assert first.returncode == 0, failed(first)
+        loaded = table(postgres, "full_refresh")
+        assert active(loaded) == served(simulator)
+        assert len({r["_sdc_table_version"] for r in loaded.values()}) == 1
+
+        everything = simulator.connections()
+        gone = {(c["userId"], c["vehicleId"]) for c in everything[:: len(everything) // 3][:3]}
+        for user_id, vehicle_id in gone:
+            assert simulator.remove(user_id, vehicle_id)
+        second = meltano_project.run("run", "connections-full-refresh", env=env)
+        assert second.returncode == 0, failed(second)
+        soft = table(postgres, "full_refresh")
+
+        hard_env = {**env, "TARGET_POSTGRES_HARD_DELETE": "true"}
+        third = meltano_project.run("run", "connections-full-refresh", env=hard_env)
+        assert third.returncode == 0, failed(third)
+        hard = table(postgres, "full_refresh")
+
+        simulator.clear_log()
+        simulator.faults.fail_after_page = 1
+        broken_env = {**hard_env, "TAP_SMARTCAR_CONNECTIONS_MAX_RETRY_SECONDS": "0"}
+        broken = meltano_project.run("run", "connections-full-refresh", env=broken_env)
+        after_failure = table(postgres, "full_refresh")
+    finally:
+        simulator.stop()
+
+    assert active(soft) == served(simulator)
+    assert {k for k, r in soft.items() if r["_sdc_deleted_at"] is not None} == gone
+    assert len(soft) == len(loaded)
+    assert active(hard) == served(simulator)
+    assert len(hard) == len(simulator) == len(loaded) - 3
+
+    assert broken.returncode != 0
+    assert "still failing after 1 attempts" in broken.stderr
+    assert [r.status for r in simulator.requests] == [200, 500]
+    assert active(after_failure) == active(hard)
+    assert after_failure.keys() == hard.keys()

@@ -1,0 +1,143 @@
+"""Pseudonymising `userId` with stream maps, and the SDK's structured (JSON) logs."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import typing as t
+from pathlib import Path
+
+import pytest
+
+from tap_smartcar_connections.simulator import SmartcarSimulator
+
+from .conftest import TOKEN, run_cli, sync
+
+MD5_MAP = {"connections": {"userId": "md5(userId)"}}
+SALT = "per-warehouse-salt-3b9d"
+SALTED_MAP = {"connections": {"userId": "sha256(config['salt'] + userId)"}}
+STRUCTURED_LOGGING = """\
+version: 1
+disable_existing_loggers: false
+formatters:
+  structured:
+    (): singer_sdk.logging.StructuredFormatter
+handlers:
+  console:
+    class: logging.StreamHandler
+    formatter: structured
+    stream: ext://sys.stderr
+root:
+  level: INFO
+  handlers: [console]
+"""
+SECRETS = [TOKEN, f"default:{TOKEN}", base64.b64encode(f"default:{TOKEN}".encode()).decode()]
+
+
+def md5(value: str) -> str:
+    return hashlib.md5(value.encode()).hexdigest()  # noqa: S324
+
+
+def salted_sha256(value: str) -> str:
+    return hashlib.sha256((SALT + value).encode()).hexdigest()
+
+
+def keys(records: list[dict[str, t.Any]]) -> list[tuple[str, str]]:
+    return [(r["userId"], r["vehicleId"]) for r in records]
+
+
+@pytest.mark.parametrize(
+    ("maps", "extra", "pseudonym"),
+    [
+        (MD5_MAP, {}, md5),
+        (SALTED_MAP, {"stream_map_config": {"salt": SALT}}, salted_sha256),
+    ],
+    ids=["md5", "salted-sha256"],
+)
+def test_stream_maps_pseudonymise_user_id_and_keep_the_keys(
+    simulator: SmartcarSimulator,
+    config: dict[str, t.Any],
+    maps: dict[str, t.Any],
+    extra: dict[str, t.Any],
+    pseudonym: t.Callable[[str], str],
+) -> None:
+    served = simulator.connections()
+
+    run = sync({**config, "stream_maps": maps, **extra})
+
+    assert run.error is None
+    (schema,) = [m for m in run.messages if m["type"] == "SCHEMA"]
+    assert schema["key_properties"] == ["userId", "vehicleId"]
+    assert "string" in schema["schema"]["properties"]["userId"]["type"]
+    assert sorted(keys(run.records)) == sorted(
+        (pseudonym(c["userId"]), c["vehicleId"]) for c in served
+    )
+    assert len(set(keys(run.records))) == len(served)
+    assert len({r["userId"] for r in run.records}) == len({c["userId"] for c in served})
+    output = json.dumps(run.messages)
+    assert not any(c["userId"] in output for c in served)
+
+
+def test_a_user_id_filter_is_pseudonymised_in_records_too(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    user = next(c["userId"] for c in simulator.connections("live"))
+
+    run = sync({**config, "modes": ["live"], "user_id": user, "stream_maps": MD5_MAP})
+
+    assert run.error is None
+    assert run.records
+    assert {r["userId"] for r in run.records} == {md5(user)}
+    assert user not in json.dumps([m for m in run.messages if m["type"] == "RECORD"])
+
+
+def parse_log(stderr: str) -> tuple[list[dict[str, t.Any]], list[str]]:
+    """Split stderr into structured log records and any other lines."""
+    records, others = [], []
+    for line in stderr.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            others.append(line)
+    return records, others
+
+
+def test_structured_logging_emits_one_json_object_per_line_without_secrets(
+    tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    log_config = tmp_path / "logging.yaml"
+    log_config.write_text(STRUCTURED_LOGGING)
+    simulator.faults.rate_limit_every = 2
+    simulator.faults.retry_after = "0"
+
+    run = run_cli(tmp_path, config, env={"SINGER_SDK_LOG_CONFIG": str(log_config)})
+
+    assert run.exit_code == 0, run.stderr
+    records, others = parse_log(run.stderr)
+    assert others == []
+    assert all({"level", "logger_name", "message", "ts"} <= r.keys() for r in records)
+    retries = [r for r in records if "retrying in" in r["message"]]
+    assert retries
+    assert all(r["level"] == "warning" for r in retries)
+    metrics = {r["metric_info"]["metric"] for r in records if "metric_info" in r}
+    assert {"http_request_count", "record_count"} <= metrics
+    assert not any(secret in run.stderr for secret in SECRETS)
+
+
+def test_a_failed_run_under_structured_logging_names_the_error_without_secrets(
+    tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    log_config = tmp_path / "logging.yaml"
+    log_config.write_text(STRUCTURED_LOGGING)
+    simulator.faults.force_status = 401
+
+    run = run_cli(tmp_path, config, env={"SINGER_SDK_LOG_CONFIG": str(log_config)})
+
+    assert run.exit_code == 1
+    records, others = parse_log(run.stderr)
+    assert records
+    assert all(line.startswith("tap-smartcar-connections: ") for line in others)
+    assert "401 AUTHENTICATION" in "\n".join([*others, *(r["message"] for r in records)])
+    assert "Traceback" not in run.stderr
+    assert not any(secret in run.stderr for secret in SECRETS)
