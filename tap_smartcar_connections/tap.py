@@ -14,6 +14,7 @@ import jsonschema
 from singer_sdk import Tap
 from singer_sdk import typing as th
 from singer_sdk.contrib.msgspec import MsgSpecWriter
+from singer_sdk.helpers.capabilities import PluginCapabilities
 from typing_extensions import override
 
 from tap_smartcar_connections.client import (
@@ -27,6 +28,7 @@ if t.TYPE_CHECKING:
     from types import FrameType
 
     from singer_sdk.about import AboutInfo
+    from singer_sdk.helpers.capabilities import CapabilitiesEnum
     from singer_sdk.streams import Stream
 
 
@@ -144,6 +146,15 @@ class TapSmartcarConnections(Tap):
 
     name = "tap-smartcar-connections"
     message_writer_class = MsgSpecWriter
+    capabilities: t.ClassVar[list[CapabilitiesEnum]] = [
+        capability for capability in Tap.capabilities if capability != PluginCapabilities.BATCH
+    ]
+    """The SDK's tap capabilities without BATCH.
+
+    In BATCH mode the SDK writes a batch's message only after its records were consumed, so a
+    full refresh's ACTIVATE_VERSION, sent after the last record, would precede the last batch.
+    Connections are small rows; RECORD messages carry them well.
+    """
 
     config_jsonschema = SETTINGS.to_dict()
 
@@ -184,6 +195,8 @@ class TapSmartcarConnections(Tap):
                 problems.append("setting 'start_date' must be an ISO 8601 date-time")
         if config.get("modes") == []:
             problems.append("setting 'modes' must name at least one of live, simulated, test")
+        if "batch_config" in config:
+            problems.append("setting 'batch_config' is not supported: remove it")
         if problems and raise_errors:
             msg = f"Invalid configuration: {'; '.join(problems)}. Fix the setting and rerun"
             raise ConfigError(msg)

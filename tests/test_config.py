@@ -28,6 +28,7 @@ def error_lines(stderr: str) -> list[str]:
         ({"modes": ["live", "production"]}, "modes", "must be one of live, simulated, test"),
         ({"modes": []}, "modes", "at least one"),
         ({"request_timeout": "slow"}, "request_timeout", "must be of type integer"),
+        ({"batch_config": {"encoding": {"format": "jsonl"}}}, "batch_config", "not supported"),
     ],
 )
 def test_a_bad_setting_fails_before_any_request(
