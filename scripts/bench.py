@@ -9,7 +9,7 @@ following cursors) and write one JSON line per connection to a pipe this script 
 
 Each run is checked (exit code, records written, requests per mode from the simulator's log,
 every response a 200); the script exits non-zero if any check fails. Timings are wall clock,
-process start to exit, so the tap's import time counts. Peak RSS comes from `wait4`.
+process start to exit, so the tap's import time counts. Peak RSS is the child's `VmHWM`.
 
     .venv/bin/python scripts/bench.py [--connections N] [--pairs K]
 """
@@ -49,7 +49,6 @@ class Run:
     seconds: float
     exit_code: int
     records: int
-    output_bytes: int
     peak_rss_mb: float
     requests: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -133,17 +132,16 @@ def run_baseline(api_url: str) -> None:
     out.flush()
 
 
-def _drain(fd: int, *, records_are_lines: bool) -> tuple[int, int]:
-    """Read a child's stdout to the end, counting records and bytes."""
-    records = size = 0
+def _drain(fd: int, *, records_are_lines: bool) -> int:
+    """Read a child's stdout to the end, counting records."""
+    records = 0
     rest = b""
     while chunk := os.read(fd, 1 << 20):
-        size += len(chunk)
         data = rest + chunk
         cut = data.rfind(b"\n") + 1
         complete, rest = data[:cut], data[cut:]
         records += complete.count(b"\n") if records_are_lines else complete.count(RECORD_MARK)
-    return records, size
+    return records
 
 
 class PeakRSS(threading.Thread):
@@ -182,7 +180,7 @@ def timed_run(kind: str, command: list[str], log_path: Path, timeout: float) -> 
         peak = PeakRSS(process.pid)
         peak.start()
         try:
-            records, size = _drain(process.stdout.fileno(), records_are_lines=kind == "baseline")
+            records = _drain(process.stdout.fileno(), records_are_lines=kind == "baseline")
             process.wait()
         finally:
             watchdog.cancel()
@@ -190,7 +188,7 @@ def timed_run(kind: str, command: list[str], log_path: Path, timeout: float) -> 
         seconds = time.perf_counter() - started
         peak.join()
     process.stdout.close()
-    return Run(kind, seconds, process.returncode, records, size, peak.peak_kb / 1024)
+    return Run(kind, seconds, process.returncode, records, peak.peak_kb / 1024)
 
 
 def check(run: Run, entries: list[dict[str, t.Any]], connections: int, stderr: str) -> None:

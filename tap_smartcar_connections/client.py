@@ -77,6 +77,8 @@ class _UnexpectedBody(RetriableAPIError):
 
 
 class _Connection(msgspec.Struct, rename="camel"):
+    """A connection as the API returns it; decoding fails if a field is missing or not a string."""
+
     user_id: str
     vehicle_id: str
     connected_at: str
@@ -84,6 +86,8 @@ class _Connection(msgspec.Struct, rename="camel"):
 
 
 class _Paging(msgspec.Struct):
+    """`paging`; a null or missing `cursor` means the last page."""
+
     cursor: str | None = None
 
 
@@ -108,6 +112,7 @@ def normalize_timestamp(value: str) -> str:
         ValueError: If `value` is not an ISO 8601 date-time.
     """
     if _FAST_TIMESTAMP.fullmatch(value):
+        _check_calendar([value])
         return value[:-1] + _PADDING[len(value)]
     try:
         parsed = pendulum.parse(value, exact=True)
@@ -126,8 +131,23 @@ def _normalize_timestamps(values: list[str]) -> list[str]:
     """`normalize_timestamp` for a whole page, checking the usual `Z` forms with one match."""
     joined = "\n".join(values)
     if values and joined.count("\n") == len(values) - 1 and _FAST_TIMESTAMPS.fullmatch(joined):
+        _check_calendar(values)
         return [value[:-1] + _PADDING[len(value)] for value in values]
     return [normalize_timestamp(value) for value in values]
+
+
+def _check_calendar(values: list[str]) -> None:
+    """Refuse well-formed but impossible instants (`2024-02-30`, `25:00`), which the regex lets by.
+
+    Raises:
+        ValueError: If a value is not a real date and time.
+    """
+    for value in values:
+        try:
+            datetime.fromisoformat(value)
+        except ValueError as exc:
+            msg = f"{value!r} is not an ISO 8601 date-time ({exc})"
+            raise ValueError(msg) from exc
 
 
 def describe_response(response: requests.Response) -> str:
@@ -217,9 +237,10 @@ class ConnectionsStream(RESTStream[str]):
         ),
         th.Property(
             "mode",
-            th.StringType(allowed_values=list(MODES)),
+            th.StringType,
             required=True,
-            description="Vehicle mode: live, simulated, or test (deprecated by Smartcar).",
+            description="Vehicle mode: live, simulated, or test (deprecated by Smartcar). Not "
+            "an enum, so that a mode Smartcar adds later still loads.",
         ),
     ).to_dict()
 
@@ -380,6 +401,9 @@ class ConnectionsStream(RESTStream[str]):
     def _parse_page(self, response: requests.Response) -> tuple[list[dict[str, str]], str | None]:
         """Decode a page straight into typed records, and prepare its RECORD lines.
 
+        Returns:
+            The page's records and the next page's cursor (None on the last page).
+
         Raises:
             _UnexpectedBody: If the body is not the documented JSON.
         """
@@ -408,7 +432,8 @@ class ConnectionsStream(RESTStream[str]):
         It applies when the line would be exactly what the SDK writes: the msgspec writer,
         every property selected and only the identity stream map (no map, alias, filter or
         flattening configured). `time_extracted` is when the page arrived, taken once per page
-        (the SDK reads the clock per record, at write time).
+        (the SDK reads the clock per record, at write time). This mirrors SDK internals of the
+        pinned release; `tests/test_performance.py` compares the two paths' output.
         """
         maps = self.stream_maps
         if (
@@ -448,9 +473,10 @@ class ConnectionsStream(RESTStream[str]):
     ) -> None:
         """Skip records not newer than the partition's newest so far, the SDK's own rule.
 
-        With `is_sorted = False` the SDK keeps the highest value; it finds the partition's
-        state and compares for every record, and on newest-first pages nearly every call
-        changes nothing.
+        With `is_sorted = False` and `check_sorted` (the default) the SDK keeps the highest
+        value; it finds the partition's state and compares for every record, and on
+        newest-first pages nearly every call changes nothing. Each partition is its own
+        context object, so a new partition starts afresh.
         """
         value = latest_record.get(self.replication_key or "")
         mark = self._progress_value
@@ -459,12 +485,6 @@ class ConnectionsStream(RESTStream[str]):
         super()._increment_stream_state(latest_record, context=context)
         self._progress_context = context
         self._progress_value = value if self.replication_method == "INCREMENTAL" else None
-
-    @override
-    def _write_starting_replication_value(self, context: Context | None) -> None:
-        """Forget the previous partition's newest value (see `_increment_stream_state`)."""
-        self._progress_context = self._progress_value = None
-        super()._write_starting_replication_value(context)
 
     @override
     def generate_child_contexts(

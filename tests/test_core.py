@@ -6,7 +6,14 @@ import math
 import re
 import typing as t
 
-from tap_smartcar_connections.client import normalize_timestamp
+import jsonschema
+import pytest
+
+from tap_smartcar_connections.client import (
+    ConnectionsStream,
+    _normalize_timestamps,
+    normalize_timestamp,
+)
 from tap_smartcar_connections.simulator import SmartcarSimulator
 
 from .conftest import bookmarks, sync
@@ -235,6 +242,22 @@ def test_normalize_timestamp_forms() -> None:
     ):
         assert normalize_timestamp(value) == expected
     assert normalize_timestamp("2026-03-01") == "2026-03-01T00:00:00.000000Z"
+
+
+@pytest.mark.parametrize(
+    "value", ["2026-02-30T10:00:00Z", "2026-03-01T25:00:00.5Z", "2026-03-01T10:61:00.123456Z"]
+)
+def test_well_formed_but_impossible_timestamps_are_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="is not an ISO 8601 date-time"):
+        normalize_timestamp(value)
+    with pytest.raises(ValueError, match="is not an ISO 8601 date-time"):
+        _normalize_timestamps(["2026-03-01T10:00:00Z", value])
+
+
+def test_a_mode_smartcar_adds_later_still_matches_the_schema() -> None:
+    record = {"userId": "a", "vehicleId": "1", "connectedAt": "2026-03-01T10:00:00.000000Z"}
+
+    jsonschema.validate({**record, "mode": "sandbox"}, ConnectionsStream.schema)
 
 
 def test_a_failed_run_keeps_old_bookmarks_and_a_rerun_loses_nothing(

@@ -282,6 +282,24 @@ def test_a_signal_stops_the_run_non_zero_with_resumable_state(
             'bookmark for {"mode": "live"} is "last tuesday", not a timestamp',
         ),
         ("[1, 2]", "not a JSON object"),
+        (
+            json.dumps(
+                {
+                    "bookmarks": {
+                        "connections": {
+                            "partitions": [
+                                {
+                                    "context": {"mode": "live"},
+                                    "replication_key": "connectedAt",
+                                    "replication_key_value": "2026-02-30T00:00:00.000000Z",
+                                }
+                            ]
+                        }
+                    }
+                }
+            ),
+            'bookmark for {"mode": "live"} is "2026-02-30T00:00:00.000000Z", not a timestamp',
+        ),
     ],
 )
 def test_a_bad_state_file_is_named_and_nothing_is_requested(
