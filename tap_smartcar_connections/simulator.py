@@ -242,6 +242,8 @@ class RequestLog:
     """Connections in the page sent."""
     fault: str | None = None
     """The injected fault that shaped the answer, if any (e.g. "truncated", "force_status")."""
+    client_port: int = 0
+    """The client's TCP port: requests sent over one kept-alive connection share it."""
 
 
 @dataclass
@@ -553,7 +555,14 @@ class SmartcarSimulator:
             self._pages_ok = 0
             self._chaos = None
 
-    def handle_api(self, method: str, path: str, query: str, authorization: str | None) -> _Reply:
+    def handle_api(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        authorization: str | None,
+        client_port: int = 0,
+    ) -> _Reply:
         """Answer one API request and log it (called by the HTTP handler).
 
         Args:
@@ -561,6 +570,7 @@ class SmartcarSimulator:
             path: URL path.
             query: Raw query string.
             authorization: The Authorization header.
+            client_port: The client's TCP port, for the log.
 
         Returns:
             What to send.
@@ -573,7 +583,9 @@ class SmartcarSimulator:
             self._seq += 1
             reply = self._answer(method, path, params, authorization)
             self.requests.append(
-                RequestLog(arrived, path, params, reply.status, reply.count, reply.fault)
+                RequestLog(
+                    arrived, path, params, reply.status, reply.count, reply.fault, client_port
+                )
             )
         return reply
 
@@ -832,7 +844,9 @@ class _Handler(BaseHTTPRequestHandler):
             reply = simulator.handle_admin(self.command, url.path, url.query, body)
         else:
             authorization = self.headers.get("Authorization")
-            reply = simulator.handle_api(self.command, url.path, url.query, authorization)
+            reply = simulator.handle_api(
+                self.command, url.path, url.query, authorization, self.client_address[1]
+            )
         if reply.fault == "reset":
             # A zero linger makes close() send RST, like a proxy dropping the connection.
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -56,6 +56,16 @@ def test_full_sync_emits_every_connection_once_in_the_fewest_requests(
     )
 
 
+def test_every_page_of_every_mode_goes_over_one_kept_alive_connection(
+    simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    run = sync({**config, "page_size": 20})
+
+    assert run.error is None
+    assert len(simulator.requests) >= 12
+    assert len({r.client_port for r in simulator.requests}) == 1
+
+
 def test_records_are_normalised_and_match_the_schema(
     simulator: SmartcarSimulator, config: dict[str, t.Any]
 ) -> None:

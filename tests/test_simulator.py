@@ -648,7 +648,7 @@ def test_admin_routes(sim: SmartcarSimulator) -> None:
 
     logged = admin(sim, "GET", "requests").json()
     assert [entry["status"] for entry in logged] == [200, 430, 200]
-    assert set(logged[0]) == {"time", "path", "params", "status", "count", "fault"}
+    assert set(logged[0]) == {"time", "path", "params", "status", "count", "fault", "client_port"}
     assert admin(sim, "DELETE", "requests").status_code == 200
     assert sim.requests == []
 
