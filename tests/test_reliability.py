@@ -259,45 +259,24 @@ def test_a_signal_stops_the_run_non_zero_with_resumable_state(
     assert set(first.pairs()) | set(rerun.pairs()) == everything(simulator, "live", "simulated")
 
 
+def live_bookmark(value: str) -> str:
+    """A state file whose live bookmark is `value`."""
+    partition = {"context": {"mode": "live"}, "replication_key": "connectedAt"}
+    partitions = [{**partition, "replication_key_value": value}]
+    return json.dumps({"bookmarks": {"connections": {"partitions": partitions}}})
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
         ("{not json", "it is not valid JSON"),
         (
-            json.dumps(
-                {
-                    "bookmarks": {
-                        "connections": {
-                            "partitions": [
-                                {
-                                    "context": {"mode": "live"},
-                                    "replication_key": "connectedAt",
-                                    "replication_key_value": "last tuesday",
-                                }
-                            ]
-                        }
-                    }
-                }
-            ),
+            live_bookmark("last tuesday"),
             'bookmark for {"mode": "live"} is "last tuesday", not a timestamp',
         ),
         ("[1, 2]", "not a JSON object"),
         (
-            json.dumps(
-                {
-                    "bookmarks": {
-                        "connections": {
-                            "partitions": [
-                                {
-                                    "context": {"mode": "live"},
-                                    "replication_key": "connectedAt",
-                                    "replication_key_value": "2026-02-30T00:00:00.000000Z",
-                                }
-                            ]
-                        }
-                    }
-                }
-            ),
+            live_bookmark("2026-02-30T00:00:00.000000Z"),
             'bookmark for {"mode": "live"} is "2026-02-30T00:00:00.000000Z", not a timestamp',
         ),
     ],
