@@ -12,7 +12,7 @@ import pytest
 
 from tap_smartcar_connections.simulator import SmartcarSimulator
 
-from .conftest import TOKEN, run_cli, sync
+from .conftest import TOKEN, Run, run_cli, sync
 
 MD5_MAP = {"connections": {"userId": "md5(userId)"}}
 SALT = "per-warehouse-salt-3b9d"
@@ -103,15 +103,20 @@ def parse_log(stderr: str) -> tuple[list[dict[str, t.Any]], list[str]]:
     return records, others
 
 
+def run_structured(tmp_path: Path, config: dict[str, t.Any]) -> Run:
+    """Run the CLI with the SDK's structured (JSON) logging configured."""
+    log_config = tmp_path / "logging.yaml"
+    log_config.write_text(STRUCTURED_LOGGING)
+    return run_cli(tmp_path, config, env={"SINGER_SDK_LOG_CONFIG": str(log_config)})
+
+
 def test_structured_logging_emits_one_json_object_per_line_without_secrets(
     tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any]
 ) -> None:
-    log_config = tmp_path / "logging.yaml"
-    log_config.write_text(STRUCTURED_LOGGING)
     simulator.faults.rate_limit_every = 2
     simulator.faults.retry_after = "0"
 
-    run = run_cli(tmp_path, config, env={"SINGER_SDK_LOG_CONFIG": str(log_config)})
+    run = run_structured(tmp_path, config)
 
     assert run.exit_code == 0, run.stderr
     records, others = parse_log(run.stderr)
@@ -128,11 +133,9 @@ def test_structured_logging_emits_one_json_object_per_line_without_secrets(
 def test_a_failed_run_under_structured_logging_names_the_error_without_secrets(
     tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any]
 ) -> None:
-    log_config = tmp_path / "logging.yaml"
-    log_config.write_text(STRUCTURED_LOGGING)
     simulator.faults.force_status = 401
 
-    run = run_cli(tmp_path, config, env={"SINGER_SDK_LOG_CONFIG": str(log_config)})
+    run = run_structured(tmp_path, config)
 
     assert run.exit_code == 1
     records, others = parse_log(run.stderr)
