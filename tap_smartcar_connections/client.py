@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import functools
+import importlib.metadata
+import json
 import logging
 import random
 import re
+import socket
+import ssl
 import sys
+import threading
 import time
+import traceback
 import typing as t
+import zlib
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
+from urllib.parse import urlsplit
 
 import msgspec
 import pendulum
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
 from singer_sdk import typing as th
 from singer_sdk.authenticators import BasicAuthenticator
 from singer_sdk.contrib.msgspec import MsgSpecWriter
@@ -35,6 +47,13 @@ if t.TYPE_CHECKING:
 MODES = ("live", "simulated", "test")
 RETRY_BASE_SECONDS = 1.0
 RETRY_CAP_SECONDS = 60.0
+BODY_ATTEMPTS = 3
+"""Tries for a page whose body is broken: a proxy may cut one, but bad data stays bad."""
+MAX_BODY_BYTES = 4 * 1024 * 1024
+"""Largest decoded body accepted; a full page is about 15 KB."""
+MAX_EMPTY_PAGES = 100
+"""Empty pages in a row, each with a new cursor, after which a walk is taken to be endless."""
+CONNECT_TIMEOUT_SECONDS = 30.0
 
 _RETRIABLE = (
     RetriableAPIError,
@@ -50,6 +69,9 @@ _FAST_TIMESTAMPS = re.compile(f"{_TIMESTAMP_Z}(?:\n{_TIMESTAMP_Z})*", re.ASCII)
 # What completes each length of `_TIMESTAMP_Z` to the fixed-width form (with its "Z").
 _PADDING = {20: ".000000Z", **{length: "0" * (27 - length) + "Z" for length in range(22, 28)}}
 _ENCODER = msgspec.json.Encoder()
+FAST_PATH_SDK_VERSIONS = ("0.54.9",)
+"""singer-sdk releases for which `tests/test_performance.py` compared the fast path's output."""
+_SDK_VERSION = importlib.metadata.version("singer-sdk")
 _ADVICE = {
     400: "check the filters (user_id, vehicle_id, modes) and page_size",
     401: "check management_token: it must be the application's Management API token "
@@ -68,12 +90,40 @@ class SmartcarError(Exception):
     exit_code = 1
 
 
+class DownstreamError(SmartcarError):
+    """Standard output cannot be written: the target stopped reading, or the disk is full."""
+
+    @classmethod
+    def wrap(cls, exc: OSError) -> DownstreamError:
+        """The error to raise for a failed write to stdout."""
+        if isinstance(exc, BrokenPipeError):
+            reason = "the downstream target stopped reading (broken pipe)"
+        else:
+            reason = f"cannot write to standard output ({exc.strerror or type(exc).__name__})"
+        return cls(f"{reason}; the last STATE it received is safe to resume from")
+
+
+class Writer(MsgSpecWriter):
+    """The SDK's msgspec writer; a failed write to stdout becomes one clear `DownstreamError`."""
+
+    @override
+    def write_message(self, message: t.Any) -> None:
+        try:
+            super().write_message(message)
+        except OSError as exc:
+            raise DownstreamError.wrap(exc) from exc
+
+
 class SmartcarAPIError(SmartcarError, FatalAPIError):
     """The Smartcar API refused a request, or kept failing past `max_retry_seconds`."""
 
 
 class _UnexpectedBody(RetriableAPIError):
     """A 200 response whose body is not the documented JSON (e.g. cut off by a proxy)."""
+
+
+class _ResponseTimeout(requests.exceptions.ReadTimeout):
+    """The whole response took longer than `request_timeout` (retriable, like any timeout)."""
 
 
 class _Connection(msgspec.Struct, rename="camel"):
@@ -86,16 +136,16 @@ class _Connection(msgspec.Struct, rename="camel"):
 
 
 class _Paging(msgspec.Struct):
-    """`paging`; a null or missing `cursor` means the last page."""
+    """`paging`: an explicit null `cursor` marks the last page; a missing one proves nothing."""
 
-    cursor: str | None = None
+    cursor: str | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class _Page(msgspec.Struct):
     """A page of `GET /management/connections`; unknown fields are ignored."""
 
     connections: list[_Connection]
-    paging: _Paging | None = None
+    paging: _Paging | msgspec.UnsetType | None = msgspec.UNSET
 
 
 _PAGE_DECODER = msgspec.json.Decoder(_Page)
@@ -111,20 +161,23 @@ def normalize_timestamp(value: str) -> str:
     Raises:
         ValueError: If `value` is not an ISO 8601 date-time.
     """
+    if not isinstance(value, str):
+        msg = f"{value!r} is not an ISO 8601 date-time"
+        raise ValueError(msg)
     if _FAST_TIMESTAMP.fullmatch(value):
         _check_calendar([value])
         return value[:-1] + _PADDING[len(value)]
     try:
         parsed = pendulum.parse(value, exact=True)
-    except (ValueError, TypeError, pendulum.parsing.exceptions.ParserError) as exc:
-        msg = f"{value!r} is not an ISO 8601 date-time"
+        if isinstance(parsed, pendulum.Date) and not isinstance(parsed, pendulum.DateTime):
+            parsed = pendulum.datetime(parsed.year, parsed.month, parsed.day)
+        if not isinstance(parsed, pendulum.DateTime):
+            raise TypeError(type(parsed).__name__)
+        return parsed.in_timezone("UTC").format("YYYY-MM-DD[T]HH:mm:ss.SSSSSS[Z]")
+    except (ValueError, TypeError, OverflowError, pendulum.parsing.exceptions.ParserError) as exc:
+        # OverflowError: a valid local time outside year 1-9999 in UTC (0001-01-01T00:00+02:00).
+        msg = f"{value!r} is not an ISO 8601 date-time within years 1-9999 UTC"
         raise ValueError(msg) from exc
-    if isinstance(parsed, pendulum.Date) and not isinstance(parsed, pendulum.DateTime):
-        parsed = pendulum.datetime(parsed.year, parsed.month, parsed.day)
-    if not isinstance(parsed, pendulum.DateTime):
-        msg = f"{value!r} is not an ISO 8601 date-time"
-        raise ValueError(msg)
-    return parsed.in_timezone("UTC").format("YYYY-MM-DD[T]HH:mm:ss.SSSSSS[Z]")
 
 
 def _normalize_timestamps(values: list[str]) -> list[str]:
@@ -159,20 +212,34 @@ def describe_response(response: requests.Response) -> str:
     Returns:
         For example `401 AUTHENTICATION: Invalid token (requestId 5d2..., see https://...)`.
     """
+    reason = _printable(response.reason, 60) or "error"
     try:
-        body = response.json()
-    except ValueError:
+        body = msgspec.json.decode(response.content)
+    except (msgspec.DecodeError, RecursionError, requests.exceptions.RequestException):
         body = None
     if not isinstance(body, dict):
-        reason = response.reason or "error"
         return f"{response.status_code} {reason} (the body was not Smartcar's error JSON)"
-    text = f"{response.status_code} {body.get('type') or response.reason}"
-    if body.get("description"):
-        text += f": {body['description']}"
-    details = [f"requestId {body['requestId']}"] if body.get("requestId") else []
-    if body.get("docURL"):
-        details.append(f"see {body['docURL']}")
+    text = f"{response.status_code} {_printable(body.get('type'), 40) or reason}"
+    if description := _printable(body.get("description"), 300):
+        text += f": {description}"
+    details = []
+    if request_id := _printable(body.get("requestId"), 80):
+        details.append(f"requestId {request_id}")
+    if doc_url := _printable(body.get("docURL"), 200):
+        details.append(f"see {doc_url}")
     return f"{text} ({', '.join(details)})" if details else text
+
+
+def _printable(value: t.Any, limit: int) -> str:
+    """One line of at most `limit` printable characters from a server's field, or ''.
+
+    Error fields are the server's text: anything but a string is ignored, control characters
+    (a forged second log line) become spaces and length is capped.
+    """
+    if not isinstance(value, str):
+        return ""
+    text = " ".join("".join(c if c.isprintable() else " " for c in value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -180,13 +247,13 @@ def _retry_after(exc: BaseException) -> float | None:
     header = response.headers.get("Retry-After") if response is not None else None
     if not header:
         return None
-    if header.strip().isdigit():
+    if re.fullmatch(r"[0-9]{1,9}", header.strip(), re.ASCII):
         return float(header)
     try:
         when = parsedate_to_datetime(header)
-    except (TypeError, ValueError):
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _not_an_expected_failure(record: logging.LogRecord) -> bool:
@@ -195,11 +262,211 @@ def _not_an_expected_failure(record: logging.LogRecord) -> bool:
 
 def _failure_summary(exc: BaseException) -> str:
     response = getattr(exc, "response", None)
-    if isinstance(exc, _UnexpectedBody):
+    if isinstance(exc, _UnexpectedBody | _ResponseTimeout):
         return str(exc)
     if response is not None:
         return describe_response(response)
     return type(exc).__name__
+
+
+_SECRETS: set[str] = set()
+_AUTH_VALUE = re.compile(r"\b(Basic|Bearer)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def register_secret(secret: str) -> None:
+    """Have `redact` remove `secret` and the forms it takes in a Basic auth header."""
+    if secret:
+        basic = f"default:{secret}"
+        _SECRETS.update({secret, basic, base64.b64encode(basic.encode()).decode()})
+
+
+def redact(text: str) -> str:
+    """Remove every registered secret and any `Basic …`/`Bearer …` credential from `text`.
+
+    A proxy or server that echoes the request's headers would otherwise put the token into an
+    error line or a log message.
+    """
+    text = _AUTH_VALUE.sub(rf"\1 {REDACTED}", text)
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def install_log_redaction() -> None:
+    """Redact every log record this process creates, whatever logger or handler it goes to.
+
+    A record factory sees each record once, before any handler or formatter (Meltano's
+    structured one included). A traceback is folded into the message, redacted, because
+    formatters render `exc_info` from the live exception.
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "redacting", False):
+        return
+
+    def factory(*args: t.Any, **kwargs: t.Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:
+            return record
+        folded = bool(record.exc_info and record.exc_info[1] is not None)
+        if folded:
+            message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()  # type: ignore[misc]
+            record.exc_info = None
+        clean = redact(message)
+        if folded or clean != message:
+            record.msg, record.args = clean, ()
+        return record
+
+    factory.redacting = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+_IN_FLIGHT: dict[int, t.Any] = {}
+"""The urllib3 connection each thread is using for its current request."""
+
+
+class _TrackedPool(urllib3.HTTPConnectionPool):
+    """Records which connection carries the request, so a `_Deadline` can cut it."""
+
+    @override
+    def _make_request(self, conn: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        _IN_FLIGHT[threading.get_ident()] = conn
+        return super()._make_request(conn, *args, **kwargs)
+
+
+class _TrackedHTTPSPool(_TrackedPool, urllib3.HTTPSConnectionPool):
+    """The HTTPS twin of `_TrackedPool`."""
+
+
+_TRACKED_POOLS = {"http": _TrackedPool, "https": _TrackedHTTPSPool}
+
+
+class _Transport(HTTPAdapter):
+    """requests' adapter, with connection pools whose in-flight connection can be cut."""
+
+    @override
+    def init_poolmanager(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _TRACKED_POOLS
+
+    @override
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: t.Any) -> urllib3.PoolManager:
+        manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if type(manager) is urllib3.ProxyManager:  # SOCKS managers keep their own pools
+            manager.pool_classes_by_scheme = _TRACKED_POOLS
+        return manager
+
+
+class _Deadline:
+    """Cut the calling thread's request when it has not completed within `seconds`.
+
+    requests' timeout bounds each socket operation, not the response: headers or a body
+    trickling a byte at a time keep one request alive for hours. When the timer fires it shuts
+    the connection's socket down, which ends the blocked read with an error.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self._thread = threading.get_ident()
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        _IN_FLIGHT.pop(self._thread, None)
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+
+    def _cut(self) -> None:
+        self.fired = True
+        sock = getattr(_IN_FLIGHT.get(self._thread), "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # not SSLSocket's: no TLS state
+
+
+def _read_body(response: requests.Response) -> bytes:
+    """Read a streamed response's body, decoded, refusing more than `MAX_BODY_BYTES`.
+
+    Decoding gzip ourselves with a bounded output is what stops a small compressed body from
+    inflating to gigabytes in memory.
+
+    Raises:
+        _UnexpectedBody: If the body is too large or in an encoding the tap did not ask for.
+        requests.exceptions.ChunkedEncodingError: If the body was cut off.
+    """
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in {"", "identity", "gzip", "x-gzip", "deflate"}:
+        response.close()
+        msg = f"{response.status_code} with a body in an unrequested encoding ({encoding[:30]!r})"
+        raise _UnexpectedBody(msg, response)
+    inflate = zlib.decompressobj(wbits=47) if encoding not in {"", "identity"} else None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for raw in response.raw.stream(65536, decode_content=False):
+            chunk = raw if inflate is None else inflate.decompress(raw, MAX_BODY_BYTES + 1 - size)
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                response.close()
+                msg = f"{response.status_code} with a body over {MAX_BODY_BYTES:,} bytes"
+                raise _UnexpectedBody(msg, response)
+            chunks.append(chunk)
+        if inflate is not None and not inflate.eof:
+            raise zlib.error("the compressed body ended early")
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        response.close()
+        raise requests.exceptions.ReadTimeout(type(exc).__name__) from exc
+    except (urllib3.exceptions.HTTPError, OSError, zlib.error) as exc:
+        response.close()
+        msg = f"the response body was cut off or corrupt ({type(exc).__name__})"
+        raise requests.exceptions.ChunkedEncodingError(msg) from exc
+    return b"".join(chunks)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and everything it wraps (causes, contexts, urllib3 reasons, exception args)."""
+    pending, seen = [exc], set()
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        wrapped = (current.__cause__, current.__context__, getattr(current, "reason", None))
+        pending += [e for e in (*wrapped, *current.args) if isinstance(e, BaseException)]
+
+
+def _network_reason(exc: BaseException) -> str:
+    """Say in a few words why a connection failed (never the URL: it holds the query)."""
+    for cause in _causes(exc):
+        if isinstance(cause, urllib3.exceptions.NameResolutionError | socket.gaierror):
+            return "the host name does not resolve"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"its TLS certificate was not accepted ({cause.verify_message})"
+        if isinstance(cause, ssl.SSLError):
+            return "the TLS handshake failed"
+        if isinstance(cause, ConnectionRefusedError):
+            return "the connection was refused"
+        if isinstance(cause, urllib3.exceptions.ConnectTimeoutError):
+            return "connecting timed out"
+    return f"the connection failed ({type(exc).__name__})"
+
+
+def _origin(url: str) -> str:
+    """`scheme://host[:port]` of `url`, or a description if it is not a usable URL."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "an unusable address"
+    if not parts.scheme or not parts.hostname:
+        return "an unusable address"
+    return _printable(f"{parts.scheme}://{parts.hostname}{port}", 200)
 
 
 class ConnectionsStream(RESTStream[str]):
@@ -251,6 +518,15 @@ class ConnectionsStream(RESTStream[str]):
     _record_affixes: tuple[bytes, bytes] | None = None
     _progress_context: Context | None = None
     _progress_value: t.Any = None
+    _answered = False
+    """Whether any response came back in this run: before one, a connection failure is fatal."""
+    _environment: dict[str, t.Any] | None = None
+    _emitted = 0
+    """Records emitted in a connection test (`ABORT_AT_RECORD_COUNT`)."""
+    _complete_walks = 0
+    """Partitions read to a page with an explicit null cursor, for ACTIVATE_VERSION."""
+    _truncated = False
+    """Whether a dry run's record limit (`--test`) cut a walk short."""
 
     def __init__(self, tap: Tap) -> None:
         """Create the stream; expected failures skip the SDK's generic error line.
@@ -260,6 +536,11 @@ class ConnectionsStream(RESTStream[str]):
         """
         super().__init__(tap)
         self.logger.addFilter(_not_an_expected_failure)
+        for prefix in ("http://", "https://"):
+            self.requests_session.mount(prefix, _Transport())
+        started = datetime.fromtimestamp(self._tap.initialized_at / 1000, UTC)
+        self.started = normalize_timestamp(started.isoformat())
+        """The run's start: no bookmark moves past it."""
 
     @property
     @override
@@ -302,11 +583,11 @@ class ConnectionsStream(RESTStream[str]):
         """
         return False
 
+    @property
     @override
-    def get_replication_key_signpost(self, context: Context | None = None) -> str:
-        """The tap's start time, in the same fixed-width form as every bookmark."""
-        started = pendulum.from_timestamp(self._tap.initialized_at / 1000)
-        return normalize_timestamp(started.to_iso8601_string())
+    def http_headers(self) -> dict[str, t.Any]:
+        """Ask for gzip only: `_read_body` decodes it with a bound on the output."""
+        return {**super().http_headers, "Accept-Encoding": "gzip"}
 
     @override
     def get_url_params(
@@ -334,17 +615,18 @@ class ConnectionsStream(RESTStream[str]):
         def call(*args: t.Any, **kwargs: t.Any) -> t.Any:
             budget = float(self.config["max_retry_seconds"])
             deadline = time.monotonic() + budget
-            attempt = 0
+            attempt = broken = 0
             while True:
                 self._pace()
                 try:
                     return func(*args, **kwargs)
                 except _RETRIABLE as exc:
                     attempt += 1
-                    wait = _retry_after(exc)
-                    if wait is None:
-                        ceiling = min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1))
-                        wait = random.uniform(ceiling / 2, ceiling)  # noqa: S311
+                    broken += isinstance(exc, _UnexpectedBody)
+                    self._give_up_at_once(exc, broken)
+                    ceiling = min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1))
+                    backoff = random.uniform(ceiling / 2, ceiling)  # noqa: S311
+                    wait = max(RETRY_BASE_SECONDS, backoff, _retry_after(exc) or 0.0)
                     summary = _failure_summary(exc)
                     if time.monotonic() + wait > deadline:
                         msg = (
@@ -360,6 +642,38 @@ class ConnectionsStream(RESTStream[str]):
 
         return call
 
+    def _give_up_at_once(self, exc: BaseException, broken: int) -> None:
+        """Fail without retrying where waiting cannot help.
+
+        A certificate is not accepted on a second try; an unreachable `api_url` on the very
+        first request is a wrong setting more often than an outage (a connection test must not
+        wait `max_retry_seconds` to say so); bad data stays bad.
+
+        Raises:
+            SmartcarAPIError: For a TLS failure, a first request that could not connect, or
+                a page body broken `BODY_ATTEMPTS` times in a row.
+        """
+        api_url = self.config["api_url"]
+        if isinstance(exc, requests.exceptions.SSLError):
+            msg = (
+                f"TLS with {_origin(api_url)} failed: {_network_reason(exc)}. If a proxy "
+                "inspects TLS, set REQUESTS_CA_BUNDLE to its CA bundle; otherwise check api_url"
+            )
+            raise SmartcarAPIError(msg) from exc
+        if not self._answered and isinstance(exc, requests.exceptions.ConnectionError):
+            msg = (
+                f"cannot reach api_url {api_url}: {_network_reason(exc)}. Check api_url and "
+                "the network (and HTTPS_PROXY/NO_PROXY if a proxy is needed)"
+            )
+            raise SmartcarAPIError(msg) from exc
+        if broken >= BODY_ATTEMPTS:
+            msg = (
+                f"Smartcar API sent a {exc} {broken} times in a row; this is not transient. "
+                "Report it to Smartcar support with the time of the run; the last STATE "
+                "emitted is safe to resume from"
+            )
+            raise SmartcarAPIError(msg) from exc
+
     def _pace(self) -> None:
         per_minute = self.config.get("max_requests_per_minute")
         if per_minute:
@@ -369,13 +683,65 @@ class ConnectionsStream(RESTStream[str]):
         self._last_request_at = time.monotonic()
 
     @override
+    def _request(
+        self, prepared_request: requests.PreparedRequest, context: Context | None
+    ) -> requests.Response:
+        """Send one request: whole-response deadline, bounded body, environment TLS, no redirects.
+
+        The SDK's `Session.send` bounds each socket read rather than the response, reads any
+        body whole (a small gzip body can inflate to gigabytes), skips the environment's CA
+        bundle (`REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`: a TLS-inspecting proxy then fails) and
+        follows redirects, carrying the request to whatever origin a response names.
+
+        Raises:
+            _ResponseTimeout: If the response was not complete within `request_timeout`.
+        """
+        request = self.authenticator(prepared_request)
+        if self._environment is None:
+            settings = self.requests_session.merge_environment_settings(
+                request.url, {}, None, None, None
+            )
+            self._environment = {key: settings[key] for key in ("proxies", "verify", "cert")}
+        with _Deadline(self.timeout) as deadline:
+            try:
+                response = self.requests_session.send(
+                    request,
+                    stream=True,
+                    allow_redirects=False,
+                    timeout=(min(CONNECT_TIMEOUT_SECONDS, self.timeout), self.timeout),
+                    **self._environment,
+                )
+                self._answered = True
+                response._content = _read_body(response)
+            except (requests.exceptions.RequestException, OSError) as exc:
+                if deadline.fired:
+                    msg = f"ReadTimeout: no complete response in request_timeout={self.timeout} s"
+                    raise _ResponseTimeout(msg) from exc
+                raise
+        self._write_request_duration_log(
+            endpoint=self.path, response=response, context=context, extra_tags=None
+        )
+        self.validate_response(response)
+        return response
+
+    @override
     def validate_response(self, response: requests.Response) -> None:
         """Classify a response without putting its body into any message.
 
         The SDK's messages include the whole body and URL; Smartcar's error JSON is
-        summarised instead, with what to do about it.
+        summarised instead, with what to do about it. Only a 2xx is data: a redirect is
+        refused, since following it would send the token to wherever it points.
         """
         status = response.status_code
+        if status < HTTPStatus.OK or HTTPStatus.MULTIPLE_CHOICES <= status < HTTPStatus.BAD_REQUEST:
+            location = response.headers.get("Location")
+            where = f", a redirect to {_origin(location)}" if location else ""
+            msg = (
+                f"Smartcar API answered {status} {_printable(response.reason, 60)}{where}, not "
+                "data; the tap follows no redirect (it would carry the token elsewhere). Check "
+                f"api_url (now {_origin(str(self.config['api_url']))})"
+            )
+            raise SmartcarAPIError(msg)
         if status == HTTPStatus.TOO_MANY_REQUESTS or status >= HTTPStatus.INTERNAL_SERVER_ERROR:
             raise RetriableAPIError(describe_response(response), response)
         if status >= HTTPStatus.BAD_REQUEST:
@@ -411,9 +777,18 @@ class ConnectionsStream(RESTStream[str]):
             page = _PAGE_DECODER.decode(response.content)
             items = page.connections
             stamps = _normalize_timestamps([item.connected_at for item in items])
-        except (msgspec.DecodeError, ValueError) as exc:
-            msg = f"200 with a body that is not the expected connections JSON ({exc})"
+        except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+            reason = _printable(str(exc), 200)
+            msg = (
+                f"{response.status_code} with a body that is not the expected connections "
+                f"JSON ({reason})"
+            )
             raise _UnexpectedBody(msg, response) from exc
+        cursor = page.paging.cursor if isinstance(page.paging, _Paging) else msgspec.UNSET
+        if cursor is msgspec.UNSET or cursor == "":
+            # Only an explicit null proves the last page; a proxy or a bug may drop `paging`.
+            msg = f"{response.status_code} with no usable paging.cursor (not even null)"
+            raise _UnexpectedBody(msg, response)
         records = [
             {
                 "userId": item.user_id,
@@ -424,7 +799,7 @@ class ConnectionsStream(RESTStream[str]):
             for item, stamp in zip(items, stamps, strict=True)
         ]
         self._record_affixes = self._fast_record_affixes()
-        return records, page.paging.cursor if page.paging else None
+        return records, cursor
 
     def _fast_record_affixes(self) -> tuple[bytes, bytes] | None:
         """Return the bytes around a record's JSON in its RECORD line, if the fast path applies.
@@ -436,8 +811,16 @@ class ConnectionsStream(RESTStream[str]):
         pinned release; `tests/test_performance.py` compares the two paths' output.
         """
         maps = self.stream_maps
+        if _SDK_VERSION not in FAST_PATH_SDK_VERSIONS:
+            self.logger.debug(
+                "singer-sdk %s: RECORD lines written by the SDK (the fast path was checked "
+                "against %s)",
+                _SDK_VERSION,
+                ", ".join(FAST_PATH_SDK_VERSIONS),
+            )
+            return None
         if (
-            type(self._tap.message_writer) is not MsgSpecWriter
+            type(self._tap.message_writer) is not Writer
             or len(maps) != 1
             or type(maps[0]) is not SameRecordTransform
             or maps[0].flattening_enabled
@@ -464,7 +847,10 @@ class ConnectionsStream(RESTStream[str]):
         if affixes is None:
             super()._write_record_message(record)
             return
-        sys.stdout.buffer.write(affixes[0] + _ENCODER.encode(record) + affixes[1])
+        try:
+            sys.stdout.buffer.write(affixes[0] + _ENCODER.encode(record) + affixes[1])
+        except OSError as exc:
+            raise DownstreamError.wrap(exc) from exc
         self.state_manager.is_flushed = False
 
     @override
@@ -482,6 +868,8 @@ class ConnectionsStream(RESTStream[str]):
         mark = self._progress_value
         if context is self._progress_context and None not in (mark, value) and value <= mark:
             return
+        if isinstance(value, str) and value > self.started:
+            return  # the SDK's signpost would cap it, but it is never applied to partitions
         super()._increment_stream_state(latest_record, context=context)
         self._progress_context = context
         self._progress_value = value if self.replication_method == "INCREMENTAL" else None
@@ -502,51 +890,142 @@ class ConnectionsStream(RESTStream[str]):
         for both its records and its cursor. Records at exactly the bookmark are emitted again
         (targets dedupe on the key), so a connection that shares that instant is never lost.
 
+        The stop is only trusted while the walk is in newest-first order: the rest of the page
+        that reaches the bookmark is still checked, and once any connection is newer than one
+        before it, the walk reads every page to the end (one WARNING says so). A page out of
+        order costs requests, never connections.
+
         Raises:
-            SmartcarAPIError: If the API hands out a cursor it already gave (a paging loop).
+            SmartcarAPIError: If the API hands out a cursor it already gave (a paging loop) or
+                empty pages without end.
         """
         since = self._since(context)
+        started = self.started
+        limit = self.ABORT_AT_RECORD_COUNT
         fetch = self.request_decorator(self._fetch_page)
         cursor: str | None = None
         seen: set[str] = set()
+        previous = ""
+        unordered = False
+        empty = 0
         with self.get_http_request_counter() as counter:
             counter.with_context(context)
             while True:
                 records, cursor = fetch(context, cursor)
                 counter.increment()
+                if limit is not None:  # a connection test: stop at the limit, without error
+                    records = records[: max(0, limit - self._emitted)]
+                    self._emitted += len(records)
+                reached = False
                 for record in records:
-                    if since is not None and record["connectedAt"] < since:
-                        return
+                    stamp = record["connectedAt"]
+                    if stamp > previous and previous and not unordered:
+                        unordered = True
+                        self._warn_unordered(context, len(seen) + 1, stamp, previous)
+                    previous = stamp
+                    if since is not None and stamp < since:
+                        reached = True
+                        continue
+                    if stamp > started:
+                        self.logger.warning(
+                            "The connection of vehicle %s is dated %s, after this run started "
+                            "(%s): emitted, but not used as the bookmark. Check the clock, or "
+                            "report the connection to Smartcar",
+                            record["vehicleId"],
+                            stamp,
+                            started,
+                        )
                     yield record
-                if cursor is None:
+                if limit is not None and self._emitted >= limit:
+                    self._truncated = True
                     return
-                if cursor in seen:
+                if cursor is None:
+                    self._complete_walks += 1
+                    return
+                if reached and not unordered:
+                    return
+                empty = 0 if records else empty + 1
+                if cursor in seen or empty >= MAX_EMPTY_PAGES:
+                    problem = (
+                        f"page {len(seen) + 1} returned a cursor already seen (a paging loop)"
+                        if cursor in seen
+                        else f"{empty} empty pages in a row, each with a new cursor"
+                    )
                     msg = (
-                        f"Smartcar API paging loop: page {len(seen) + 1} returned a cursor "
-                        "already seen. Report it to Smartcar support; the last STATE emitted "
-                        "is safe to resume from"
+                        f"Smartcar API paging failed for {json.dumps(context)}: {problem}. "
+                        "Report it to Smartcar support; the last STATE emitted is safe to "
+                        "resume from"
                     )
                     raise SmartcarAPIError(msg)
                 seen.add(cursor)
 
+    def _warn_unordered(self, context: Context | None, page: int, stamp: str, before: str) -> None:
+        self.logger.warning(
+            "Smartcar API pages for %s are not newest first (page %d has %s after %s): "
+            "reading this mode to its last page instead of stopping at the bookmark",
+            json.dumps(context),
+            page,
+            stamp,
+            before,
+        )
+
     def _since(self, context: Context | None) -> str | None:
+        """Where an incremental walk stops: the bookmark (or `start_date`), never the future.
+
+        A bookmark after the run's start can only come from bad data (or an older release that
+        let a future-dated connection set it); trusting it would skip every real connection.
+        """
         if self.replication_method != "INCREMENTAL":
             return None
         start = self.get_starting_replication_key_value(context)
-        return normalize_timestamp(start) if start else None
+        since = normalize_timestamp(start) if start else None
+        if since is not None and since > self.started:
+            start_date = self.config.get("start_date")
+            self.logger.warning(
+                "The bookmark for %s is %s, after this run started (%s), so it cannot be "
+                "right: reading this mode again from %s",
+                json.dumps(context),
+                since,
+                self.started,
+                start_date or "the beginning",
+            )
+            return normalize_timestamp(start_date) if start_date else None
+        return since
 
     @override
     def get_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
         """Yield the partition's records; after the last partition, activate the version.
 
         A full refresh's ACTIVATE_VERSION is sent only here, after every partition was read
-        to the end, so a failed or interrupted refresh never lets a target delete rows.
+        to a page whose `paging.cursor` was an explicit null, so a failed, interrupted or
+        truncated refresh never lets a target delete rows.
         """
         if self._full_refresh_versioned:
             self._stream_version = self._tap.initialized_at
         yield from super().get_records(context)
         if self._full_refresh_versioned and context == self.partitions[-1]:
-            self._write_activate_version_message(self._tap.initialized_at)
+            if self._complete_walks == len(self.partitions):
+                self._write_activate_version_message(self._tap.initialized_at)
+            else:
+                self.logger.warning(
+                    "No ACTIVATE_VERSION: %d of %d modes were read to their last page, so "
+                    "the target keeps every row",
+                    self._complete_walks,
+                    len(self.partitions),
+                )
+
+    @override
+    def _finalize_state(self, state: dict[str, t.Any] | None = None) -> None:
+        """Promote a partition's new bookmark and write STATE at once.
+
+        The SDK writes STATE only after the last partition, so a failure in a later mode would
+        throw away the bookmarks of the modes already read to the end. A walk cut short by a
+        dry run's record limit promotes nothing: its newest record is no bookmark.
+        """
+        if self._truncated and state is not None:
+            state.pop("progress_markers", None)
+        super()._finalize_state(state)
+        self._write_state_message()
 
     @property
     def _full_refresh_versioned(self) -> bool:

@@ -4,24 +4,35 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import ipaddress
 import json
+import os
 import signal
 import sys
 import typing as t
+from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import click
 import jsonschema
 from singer_sdk import Tap
 from singer_sdk import typing as th
-from singer_sdk.contrib.msgspec import MsgSpecWriter
+from singer_sdk.configuration._dict_config import parse_environment_config
+from singer_sdk.helpers._classproperty import classproperty
 from singer_sdk.helpers.capabilities import PluginCapabilities
 from typing_extensions import override
 
 from tap_smartcar_connections.client import (
     MODES,
     ConnectionsStream,
+    DownstreamError,
     SmartcarError,
+    Writer,
+    install_log_redaction,
     normalize_timestamp,
+    redact,
+    register_secret,
 )
 
 if t.TYPE_CHECKING:
@@ -145,7 +156,7 @@ class TapSmartcarConnections(Tap):
     """
 
     name = "tap-smartcar-connections"
-    message_writer_class = MsgSpecWriter
+    message_writer_class = Writer
     capabilities: t.ClassVar[list[CapabilitiesEnum]] = [
         capability for capability in Tap.capabilities if capability != PluginCapabilities.BATCH
     ]
@@ -188,11 +199,7 @@ class TapSmartcarConnections(Tap):
         problems = [
             _explain(error) for error in jsonschema.Draft7Validator(schema).iter_errors(config)
         ]
-        if isinstance(config.get("start_date"), str):
-            try:
-                normalize_timestamp(config["start_date"])
-            except ValueError:
-                problems.append("setting 'start_date' must be an ISO 8601 date-time")
+        problems += _check_values(config)
         if config.get("modes") == []:
             problems.append("setting 'modes' must name at least one of live, simulated, test")
         if "batch_config" in config:
@@ -203,6 +210,38 @@ class TapSmartcarConnections(Tap):
         for problem in problems:
             self.logger.warning("Invalid configuration: %s", problem)
         return problems
+
+    @classproperty
+    def _env_var_config(cls) -> dict[str, t.Any]:
+        """Settings from `TAP_SMARTCAR_CONNECTIONS_*`; the SDK's `int()` fails with a traceback.
+
+        Raises:
+            ConfigError: Naming the variable whose value is not an integer.
+        """
+        schema = copy.deepcopy(cls.config_jsonschema)
+        cls.append_builtin_config(schema)
+        try:
+            return parse_environment_config(schema, cls._env_var_prefix)
+        except ValueError:
+            bad = [
+                f"{cls._env_var_prefix}{name.upper()}"
+                for name, spec in schema["properties"].items()
+                if "integer" in spec.get("type", ())
+                and not os.environ.get(f"{cls._env_var_prefix}{name.upper()}", "0")
+                .strip()
+                .lstrip("-")
+                .isdecimal()
+            ]
+            msg = f"Invalid configuration: {' and '.join(bad) or 'a variable'} must be an integer"
+            raise ConfigError(msg) from None
+
+    @classmethod
+    @override
+    def get_singer_command(cls) -> click.Command:
+        """The SDK's command, with an epilog saying what the tap does and how it is used."""
+        command = super().get_singer_command()
+        command.epilog = HELP_EPILOG
+        return command
 
     @override
     def load_state(self, state: dict[str, t.Any]) -> None:
@@ -221,6 +260,92 @@ class TapSmartcarConnections(Tap):
         writing from a signal handler could split a half-written line.
         """
         raise Interrupted(signum)
+
+
+HELP_EPILOG = """\b
+Extracts every vehicle connection of a Smartcar application (Management API) as the
+`connections` stream, incrementally with one bookmark per mode. The settings are listed
+by --about (table in README.md, "Settings").
+
+\b
+Usual commands:
+  tap-smartcar-connections --about --format=markdown    settings and capabilities
+  tap-smartcar-connections --config config.json --discover > catalog.json
+  tap-smartcar-connections --config config.json --test  check token and api_url
+  tap-smartcar-connections --config config.json --state state.json > out.jsonl
+"""
+
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+
+
+def _check_values(config: dict[str, t.Any]) -> list[str]:
+    """What the JSON schema cannot say about the token, `api_url` and `start_date`.
+
+    Also registers the token for redaction, and normalises `start_date` to the bookmarks' own
+    form, because the SDK compares the two.
+    """
+    problems = []
+    token = config.get("management_token")
+    if isinstance(token, str):
+        register_secret(token)
+        if not token.strip():
+            problems.append("setting 'management_token' is empty")
+    if isinstance(config.get("api_url"), str) and (problem := _check_api_url(config["api_url"])):
+        problems.append(f"setting 'api_url' {problem}")
+    if isinstance(config.get("start_date"), str):
+        try:
+            config["start_date"] = normalize_timestamp(config["start_date"])
+        except ValueError:
+            problems.append("setting 'start_date' must be an ISO 8601 date-time")
+        else:
+            if config["start_date"] > normalize_timestamp(datetime.now(UTC).isoformat()):
+                problems.append("setting 'start_date' is in the future")
+    return problems
+
+
+def _check_api_url(url: str) -> str | None:
+    """Say what is wrong with `api_url`, or None when it is usable.
+
+    An `http://` URL would send the token in cleartext, so it is only accepted for a loopback
+    host (the bundled simulator).
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "is not a valid URL (check the host and port)"
+    checks = [
+        (
+            any(c.isspace() for c in url) or not url.isprintable(),
+            "must not contain spaces or control characters",
+        ),
+        (
+            parts.scheme not in {"http", "https"} or not parts.hostname,
+            "must be an https:// URL with a host, e.g. https://management.smartcar.com/v2.0",
+        ),
+        (
+            bool(parts.query or parts.fragment) or url.endswith(("?", "#")),
+            "must not have a query or fragment",
+        ),
+        (
+            parts.username is not None or parts.password is not None,
+            "must not contain credentials: the token goes in management_token",
+        ),
+        (port == 0, "has an invalid port"),
+        (
+            parts.scheme == "http" and not _is_loopback(parts.hostname or ""),
+            "must use https:// (http:// sends the token in cleartext; only a loopback host "
+            "such as the simulator may use it)",
+        ),
+    ]
+    return next((problem for failed, problem in checks if failed), None)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() in LOOPBACK_NAMES
 
 
 def _explain(error: jsonschema.ValidationError) -> str:
@@ -251,76 +376,125 @@ def _explain(error: jsonschema.ValidationError) -> str:
 
 
 def check_state(state: t.Any) -> None:
-    """Check that `state` is an object whose `connections` bookmarks are timestamps.
+    """Check that `state` has the shape the SDK expects and that bookmarks are timestamps.
 
     Raises:
-        StateError: Naming the first bookmark that is not an ISO 8601 date-time.
+        StateError: Naming the first part that is wrong.
     """
     if not isinstance(state, dict):
         msg = "the state is not a JSON object"
         raise StateError(msg)
-    stream_state = (state.get("bookmarks") or {}).get(ConnectionsStream.name) or {}
-    for entry in [stream_state, *(stream_state.get("partitions") or [])]:
+    bookmarks = state.get("bookmarks") or {}
+    if not isinstance(bookmarks, dict):
+        msg = "its 'bookmarks' is not a JSON object"
+        raise StateError(msg)
+    for stream, entry in bookmarks.items():
+        if not isinstance(entry, dict):
+            msg = f"the bookmarks of stream {json.dumps(stream)} are not a JSON object"
+            raise StateError(msg)
+    stream_state = bookmarks.get(ConnectionsStream.name) or {}
+    partitions = stream_state.get("partitions") or []
+    if not isinstance(partitions, list) or not all(
+        isinstance(p, dict) and isinstance(p.get("context", {}), dict) for p in partitions
+    ):
+        msg = "the connections 'partitions' is not a list of objects with a 'context' object"
+        raise StateError(msg)
+    for entry in [stream_state, *partitions]:
         value = entry.get("replication_key_value")
         if value is None:
             continue
         try:
             normalize_timestamp(value)
-        except (ValueError, TypeError):
+        except ValueError:
             where = json.dumps(entry.get("context") or "stream")
-            msg = f"the connections bookmark for {where} is {json.dumps(value)}, not a timestamp"
+            shown = json.dumps(value)[:80]
+            msg = f"the connections bookmark for {where} is {shown}, not a timestamp"
             raise StateError(msg) from None
 
 
-def _check_state_file(argv: list[str]) -> None:
+def _check_state_file(argv: list[str]) -> list[str]:
     """Fail with the file's name when `--state` is not readable JSON with valid bookmarks.
 
     The SDK would crash with a JSON traceback that does not say which file was wrong.
+
+    Returns:
+        `argv` without a `--state` whose file is empty: what `target > state.json` leaves when
+        no STATE came, which means no state.
     """
+    kept: list[str] = []
+    skip = False
     for index, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
         path = arg.split("=", 1)[1] if arg.startswith("--state=") else None
         if arg == "--state" and index + 1 < len(argv):
             path = argv[index + 1]
         if path is None:
+            kept.append(arg)
             continue
         try:
-            check_state(json.loads(Path(path).read_text(encoding="utf-8") or "{}"))
+            text = Path(path).read_text(encoding="utf-8")
+            if not text.strip():
+                skip = arg == "--state"
+                continue
+            check_state(json.loads(text))
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
-        except ValueError:
-            reason = "it is not valid JSON"
+        except (ValueError, RecursionError):
+            reason = "it is not valid JSON (UTF-8)"
         except StateError as exc:
             reason = str(exc)
         else:
+            kept.append(arg)
             continue
         msg = (
             f"cannot use state file {path}: {reason}. Fix it, or clear the state "
             "(meltano state clear) to re-sync from scratch"
         )
         raise StateError(msg)
+    return kept
 
 
 def main() -> None:
     """Run the tap's command line, ending expected failures with one line and a non-zero exit."""
+    install_log_redaction()
     argv = sys.argv[1:]
     name = TapSmartcarConnections.name
     try:
-        _check_state_file(argv)
+        sys.argv[1:] = _check_state_file(argv)
         TapSmartcarConnections.cli()
     except SmartcarError as exc:
         TapSmartcarConnections.logger.debug("Failure details", exc_info=True)
-        sys.stdout.flush()
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _finish(f"{name}: error: {exc}", exc.exit_code, downstream=isinstance(exc, DownstreamError))
     except Interrupted as exc:
-        sys.stdout.flush()
-        print(
+        _finish(
             f"{name}: stopped by {exc}; the last STATE emitted is safe to resume from",
-            file=sys.stderr,
+            exc.exit_code,
         )
-        sys.exit(exc.exit_code)
     except SystemExit as exc:
         # The SDK's --test prints no verdict; a failure has already raised SmartcarError.
         if exc.code in {0, None} and ("--test" in argv or "--test=all" in argv):
             print(f"{name}: connection test passed: the API accepted the token", file=sys.stderr)
         raise
+
+
+def _finish(line: str, exit_code: int, *, downstream: bool = False) -> t.NoReturn:
+    """Print the run's last line and exit; under Meltano's structured logging, log it as ERROR.
+
+    Meltano shows a plain stderr line at INFO: only a structured record reaches it as an error.
+    """
+    line = redact(line)
+    if not downstream:
+        try:
+            sys.stdout.flush()
+        except OSError:
+            downstream = True
+    if downstream:
+        # Nothing more can be written there; keep interpreter shutdown from trying again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if os.environ.get("SINGER_SDK_LOG_CONFIG"):
+        TapSmartcarConnections.logger.error("%s", line)
+    else:
+        print(line, file=sys.stderr)
+    sys.exit(exit_code)

@@ -139,9 +139,9 @@ def test_a_failed_run_under_structured_logging_names_the_error_without_secrets(
 
     assert run.exit_code == 1
     records, others = parse_log(run.stderr)
-    assert records
-    (line,) = others
-    assert line.startswith("tap-smartcar-connections: error: ")
-    assert "401 AUTHENTICATION" in line
+    assert others == []
+    errors = [r for r in records if r["level"] == "error"]
+    assert [r["message"].split(": error: ")[0] for r in errors] == ["tap-smartcar-connections"]
+    assert "401 AUTHENTICATION" in errors[0]["message"]
     assert "Traceback" not in run.stderr
     assert not any(secret in run.stderr for secret in SECRETS)

@@ -136,7 +136,7 @@ def test_a_retry_after_beyond_the_budget_fails_at_once(
 def test_timeouts_are_retried(simulator: SmartcarSimulator, config: dict[str, t.Any]) -> None:
     simulator.faults.latency = 1.5
 
-    run = sync({**config, "request_timeout": 1, "max_retry_seconds": 2})
+    run = sync({**config, "request_timeout": 1, "max_retry_seconds": 3})
 
     assert run.error is not None
     assert "after 2 attempts" in str(run.error)
