@@ -443,17 +443,24 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 def _network_reason(exc: BaseException) -> str:
     """Say in a few words why a connection failed (never the URL: it holds the query)."""
-    for cause in _causes(exc):
-        if isinstance(cause, urllib3.exceptions.NameResolutionError | socket.gaierror):
-            return "the host name does not resolve"
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"its TLS certificate was not accepted ({cause.verify_message})"
-        if isinstance(cause, ssl.SSLError):
-            return "the TLS handshake failed"
-        if isinstance(cause, ConnectionRefusedError):
-            return "the connection was refused"
-        if isinstance(cause, urllib3.exceptions.ConnectTimeoutError):
-            return "connecting timed out"
+    causes = list(_causes(exc))
+    reasons: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
+        (
+            (urllib3.exceptions.NameResolutionError, socket.gaierror),
+            "the host name does not resolve",
+        ),
+        (ssl.SSLCertVerificationError, "its TLS certificate was not accepted"),
+        (ssl.SSLError, "the TLS handshake failed"),
+        (ConnectionRefusedError, "the connection was refused"),
+        # urllib3's NewConnectionError is a ConnectTimeoutError: only the last resort.
+        (urllib3.exceptions.ConnectTimeoutError, "connecting timed out"),
+    ]
+    for kind, reason in reasons:
+        found = next((cause for cause in causes if isinstance(cause, kind)), None)
+        if isinstance(found, ssl.SSLCertVerificationError):
+            return f"{reason} ({_printable(found.verify_message, 100)})"
+        if found is not None:
+            return reason
     return f"the connection failed ({type(exc).__name__})"
 
 
@@ -526,7 +533,7 @@ class ConnectionsStream(RESTStream[str]):
     _complete_walks = 0
     """Partitions read to a page with an explicit null cursor, for ACTIVATE_VERSION."""
     _truncated = False
-    """Whether a dry run's record limit (`--test`) cut a walk short."""
+    """Whether this is a dry run (`--test`), whose walks stop at a record limit."""
 
     def __init__(self, tap: Tap) -> None:
         """Create the stream; expected failures skip the SDK's generic error line.
@@ -691,7 +698,9 @@ class ConnectionsStream(RESTStream[str]):
         The SDK's `Session.send` bounds each socket read rather than the response, reads any
         body whole (a small gzip body can inflate to gigabytes), skips the environment's CA
         bundle (`REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`: a TLS-inspecting proxy then fails) and
-        follows redirects, carrying the request to whatever origin a response names.
+        follows redirects, carrying the request to whatever origin a response names. The
+        adapter is called directly: the session parses a redirect's `Location` even when not
+        following it, and a malformed one raises.
 
         Raises:
             _ResponseTimeout: If the response was not complete within `request_timeout`.
@@ -704,10 +713,9 @@ class ConnectionsStream(RESTStream[str]):
             self._environment = {key: settings[key] for key in ("proxies", "verify", "cert")}
         with _Deadline(self.timeout) as deadline:
             try:
-                response = self.requests_session.send(
+                response = self.requests_session.get_adapter(request.url or "").send(
                     request,
                     stream=True,
-                    allow_redirects=False,
                     timeout=(min(CONNECT_TIMEOUT_SECONDS, self.timeout), self.timeout),
                     **self._environment,
                 )
@@ -901,7 +909,8 @@ class ConnectionsStream(RESTStream[str]):
         """
         since = self._since(context)
         started = self.started
-        limit = self.ABORT_AT_RECORD_COUNT
+        limit = self.ABORT_AT_RECORD_COUNT  # set in a dry run (`--test`)
+        self._truncated |= limit is not None
         fetch = self.request_decorator(self._fetch_page)
         cursor: str | None = None
         seen: set[str] = set()
@@ -911,10 +920,12 @@ class ConnectionsStream(RESTStream[str]):
         with self.get_http_request_counter() as counter:
             counter.with_context(context)
             while True:
+                if limit is not None and self._emitted >= limit:
+                    return  # stop a dry run without the SDK's abort, an error on a good test
                 records, cursor = fetch(context, cursor)
                 counter.increment()
-                if limit is not None:  # a connection test: stop at the limit, without error
-                    records = records[: max(0, limit - self._emitted)]
+                if limit is not None:
+                    records = records[: limit - self._emitted]
                     self._emitted += len(records)
                 reached = False
                 for record in records:
@@ -936,13 +947,10 @@ class ConnectionsStream(RESTStream[str]):
                             started,
                         )
                     yield record
-                if limit is not None and self._emitted >= limit:
-                    self._truncated = True
-                    return
                 if cursor is None:
-                    self._complete_walks += 1
+                    self._complete_walks += not self._truncated
                     return
-                if reached and not unordered:
+                if (reached and not unordered) or (limit is not None and self._emitted >= limit):
                     return
                 empty = 0 if records else empty + 1
                 if cursor in seen or empty >= MAX_EMPTY_PAGES:

@@ -384,7 +384,7 @@ def check_state(state: t.Any) -> None:
     if not isinstance(state, dict):
         msg = "the state is not a JSON object"
         raise StateError(msg)
-    bookmarks = state.get("bookmarks") or {}
+    bookmarks = {} if state.get("bookmarks") is None else state["bookmarks"]
     if not isinstance(bookmarks, dict):
         msg = "its 'bookmarks' is not a JSON object"
         raise StateError(msg)
@@ -393,7 +393,7 @@ def check_state(state: t.Any) -> None:
             msg = f"the bookmarks of stream {json.dumps(stream)} are not a JSON object"
             raise StateError(msg)
     stream_state = bookmarks.get(ConnectionsStream.name) or {}
-    partitions = stream_state.get("partitions") or []
+    partitions = stream_state.get("partitions", [])
     if not isinstance(partitions, list) or not all(
         isinstance(p, dict) and isinstance(p.get("context", {}), dict) for p in partitions
     ):
