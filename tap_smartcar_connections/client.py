@@ -328,7 +328,7 @@ _IN_FLIGHT: dict[int, t.Any] = {}
 
 
 class _TrackedPool(urllib3.HTTPConnectionPool):
-    """Records which connection carries the request, so a `_Deadline` can cut it."""
+    """Records which connection carries the request, so `_deadline` can cut it."""
 
     @override
     def _make_request(self, conn: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
@@ -359,34 +359,52 @@ class _Transport(HTTPAdapter):
         return manager
 
 
-class _Deadline:
-    """Cut the calling thread's request when it has not completed within `seconds`.
+_DEADLINES: dict[int, float] = {}
+"""When each thread's current request must be complete (`time.monotonic()`)."""
+_EXPIRED: set[int] = set()
+_WATCHDOG_TICK = 0.25
+_watchdog_lock = threading.Lock()
+_watchdog: threading.Thread | None = None
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[t.Callable[[], bool]]:
+    """Cut the calling thread's request if it is not complete within `seconds`.
 
     requests' timeout bounds each socket operation, not the response: headers or a body
-    trickling a byte at a time keep one request alive for hours. When the timer fires it shuts
-    the connection's socket down, which ends the blocked read with an error.
+    trickling a byte at a time keep one request alive for hours. A watchdog thread (one per
+    process, polling, so a request costs no thread start) shuts the connection's socket down
+    once the deadline passes, which ends the blocked read with an error.
+
+    Yields:
+        A function telling whether the deadline cut the request.
     """
+    global _watchdog  # noqa: PLW0603
+    with _watchdog_lock:
+        if _watchdog is None:
+            _watchdog = threading.Thread(target=_watch, name="request-deadlines", daemon=True)
+            _watchdog.start()
+    thread = threading.get_ident()
+    _IN_FLIGHT.pop(thread, None)
+    _EXPIRED.discard(thread)
+    _DEADLINES[thread] = time.monotonic() + seconds
+    try:
+        yield lambda: thread in _EXPIRED
+    finally:
+        _DEADLINES.pop(thread, None)
 
-    def __init__(self, seconds: float) -> None:
-        self.fired = False
-        self._thread = threading.get_ident()
-        self._timer = threading.Timer(seconds, self._cut)
-        self._timer.daemon = True
 
-    def __enter__(self) -> _Deadline:
-        _IN_FLIGHT.pop(self._thread, None)
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._timer.cancel()
-
-    def _cut(self) -> None:
-        self.fired = True
-        sock = getattr(_IN_FLIGHT.get(self._thread), "sock", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # not SSLSocket's: no TLS state
+def _watch() -> None:
+    while True:
+        time.sleep(_WATCHDOG_TICK)
+        now = time.monotonic()
+        for thread, when in list(_DEADLINES.items()):
+            if when <= now and _DEADLINES.pop(thread, None) is not None:
+                _EXPIRED.add(thread)
+                sock = getattr(_IN_FLIGHT.get(thread), "sock", None)
+                if sock is not None:
+                    with contextlib.suppress(OSError):  # not SSLSocket's: it drops TLS state
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _read_body(response: requests.Response) -> bytes:
@@ -711,7 +729,7 @@ class ConnectionsStream(RESTStream[str]):
                 request.url, {}, None, None, None
             )
             self._environment = {key: settings[key] for key in ("proxies", "verify", "cert")}
-        with _Deadline(self.timeout) as deadline:
+        with _deadline(self.timeout) as expired:
             try:
                 response = self.requests_session.get_adapter(request.url or "").send(
                     request,
@@ -722,7 +740,7 @@ class ConnectionsStream(RESTStream[str]):
                 self._answered = True
                 response._content = _read_body(response)
             except (requests.exceptions.RequestException, OSError) as exc:
-                if deadline.fired:
+                if expired():
                     msg = f"ReadTimeout: no complete response in request_timeout={self.timeout} s"
                     raise _ResponseTimeout(msg) from exc
                 raise
