@@ -33,7 +33,7 @@ from tap_smartcar_connections.client import (
 from tap_smartcar_connections.simulator import SmartcarSimulator, generate_connections
 from tap_smartcar_connections.tap import TapSmartcarConnections
 
-from .conftest import ROOT, TOKEN
+from .conftest import ROOT, TOKEN, comparable
 
 SMALL, BIG = 2_000, 20_000
 
@@ -72,24 +72,6 @@ def assert_valid_singer(messages: list[dict[str, t.Any]]) -> None:
                 assert isinstance(message["version"], int)
             case other:
                 pytest.fail(f"unexpected message type {other}")
-
-
-def comparable(messages: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
-    """The messages minus clock readings: `time_extracted`, versions and signposts (run start)."""
-    versions = {m["version"] for m in messages if "version" in m}
-    assert len(versions) <= 1
-    result = []
-    for message in messages:
-        copy = {k: v for k, v in message.items() if k != "time_extracted"}
-        if "version" in copy:
-            copy["version"] = "<version>"
-        if copy["type"] == "STATE":
-            copy["value"] = json.loads(json.dumps(copy["value"]))
-            for bookmark in copy["value"].get("bookmarks", {}).values():
-                if "replication_key_signpost" in bookmark:
-                    bookmark["replication_key_signpost"] = "<run start>"
-        result.append(copy)
-    return result
 
 
 def full_table_catalog() -> dict[str, t.Any]:

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tap_smartcar_connections.client import SmartcarAPIError
 from tap_smartcar_connections.simulator import SmartcarSimulator
 
-from .conftest import TOKEN, Run, bookmarks, run_cli, sync
+from .conftest import TOKEN, Run, bookmarks, comparable, run_cli, sync
 
 CLI = str(Path(sys.executable).with_name("tap-smartcar-connections"))
 
@@ -110,14 +111,55 @@ def test_a_request_failing_past_max_retry_seconds_fails_the_run_clearly(
     simulator.faults.fail_after_page = 2
     simulator.faults.fail_status = 503
 
-    run = run_cli(tmp_path, {**config, "page_size": 10, "max_retry_seconds": 2})
+    run = run_cli(tmp_path, {**config, "page_size": 10, "max_retry_seconds": 2}, state_every=5)
 
     assert run.exit_code == 1
     (line,) = error_lines(run)
     assert "still failing" in line and "503" in line and "max_retry_seconds=2" in line
     assert "Traceback" not in run.stderr
-    assert bookmarks(run.state) == {}
-    assert len(run.records) == 20
+    assert (
+        run.pairs() == [(c["userId"], c["vehicleId"]) for c in simulator.connections("live")][:20]
+    )
+    assert [m["type"] for m in run.messages].index("STATE") < len(run.messages) - 1
+    assert bookmarks(run.state) == {}  # the last STATE emitted, written mid-walk
+
+
+def test_an_in_process_failure_emits_what_the_command_line_emits(
+    tmp_path: Path,
+    simulator: SmartcarSimulator,
+    config: dict[str, t.Any],
+    state_every: t.Callable[[int], None],
+) -> None:
+    # The failure-path tests read `sync`'s captured stdout as what a run really wrote.
+    settings = {**config, "page_size": 10, "max_retry_seconds": 0}
+    first = sync(settings)
+    simulator.add(
+        *[
+            {
+                "userId": f"u{i}",
+                "vehicleId": f"v{i}",
+                "connectedAt": f"2026-08-01T00:{i:02d}:00Z",
+                "mode": "live",
+            }
+            for i in range(35)
+        ]
+    )
+    simulator.faults.fail_after_page = 3
+    simulator.clear_log()
+    state_every(5)
+
+    in_process = sync(settings, state=first.state, expect_error=SmartcarAPIError)
+    simulator.clear_log()
+    cli = run_cli(tmp_path, settings, state=first.state, state_every=5)
+
+    assert cli.exit_code == 1
+    (line,) = error_lines(cli)
+    assert "still failing after 1 attempts" in line
+    assert "still failing after 1 attempts" in str(in_process.error)
+    assert len(cli.records) == 30
+    assert sum(m["type"] == "STATE" for m in cli.messages) >= 2
+    assert comparable(cli.messages) == comparable(in_process.messages)
+    assert bookmarks(cli.state) == bookmarks(first.state)
 
 
 def test_a_retry_after_beyond_the_budget_fails_at_once(
@@ -127,18 +169,21 @@ def test_a_retry_after_beyond_the_budget_fails_at_once(
     simulator.faults.retry_after = "120"
     started = time.monotonic()
 
-    run = sync({**config, "max_retry_seconds": 10})
+    run = sync({**config, "max_retry_seconds": 10}, expect_error=SmartcarAPIError)
 
     assert time.monotonic() - started < 5
-    assert run.error is not None and "429 RATE_LIMIT" in str(run.error)
+    assert "429 RATE_LIMIT" in str(run.error)
+    assert run.records == []
+    assert run.states == []
 
 
 def test_timeouts_are_retried(simulator: SmartcarSimulator, config: dict[str, t.Any]) -> None:
     simulator.faults.latency = 1.5
 
-    run = sync({**config, "request_timeout": 1, "max_retry_seconds": 2})
+    run = sync(
+        {**config, "request_timeout": 1, "max_retry_seconds": 2}, expect_error=SmartcarAPIError
+    )
 
-    assert run.error is not None
     assert "after 2 attempts" in str(run.error)
     assert "ReadTimeout" in str(run.error)
 
