@@ -21,6 +21,7 @@ import jsonschema
 import pytest
 from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.helpers.conform import TypeConformanceLevel
+from singer_sdk.io_base import SingerWriter
 from singer_sdk.singerlib import RecordMessage
 from singer_sdk.singerlib.encoding import SimpleSingerWriter
 from singer_sdk.streams.core import Stream
@@ -325,3 +326,39 @@ def test_the_bench_fails_a_wrong_sync(
     bench.check(run, entries, 250, "")
 
     assert any(problem in text for text in run.problems), run.problems
+
+
+def test_another_message_writer_gets_its_own_record_lines(config: dict[str, t.Any]) -> None:
+    # The fast path writes msgspec's bytes itself; with any other writer it must step aside.
+    buffer = io.BytesIO()
+    with contextlib.redirect_stdout(io.TextIOWrapper(buffer, encoding="utf-8")) as out:
+        settings = {**config, "modes": ["live"]}
+        tap = TapSmartcarConnections(config=settings, message_writer=SingerWriter())
+        tap.sync_all()
+        out.flush()
+    lines = [line for line in buffer.getvalue().decode().splitlines() if '"RECORD"' in line]
+
+    assert len(lines) == 121
+    for line in lines:
+        message = json.loads(line)
+        stamp = datetime.fromisoformat(message["time_extracted"])
+        expected = SingerWriter().format_message(
+            RecordMessage(stream="connections", record=message["record"], time_extracted=stamp)
+        )
+        assert line == expected
+
+
+def test_a_writer_subclass_receives_every_record(config: dict[str, t.Any]) -> None:
+    written: list[t.Any] = []
+
+    class Recording(MsgSpecWriter):
+        def write_message(self, message: t.Any) -> None:
+            written.append(message)
+
+    buffer = io.BytesIO()
+    with contextlib.redirect_stdout(io.TextIOWrapper(buffer, encoding="utf-8")) as out:
+        TapSmartcarConnections(config=config, message_writer=Recording()).sync_all()
+        out.flush()
+
+    assert buffer.getvalue() == b""
+    assert sum(isinstance(m, RecordMessage) for m in written) == 250
