@@ -19,7 +19,7 @@ import pytest
 from tap_smartcar_connections.client import SmartcarAPIError
 from tap_smartcar_connections.simulator import SmartcarSimulator
 
-from .conftest import TOKEN, Run, bookmarks, comparable, run_cli, sync
+from .conftest import LAUNCHER, TOKEN, Run, bookmarks, comparable, run_cli, sync
 
 CLI = str(Path(sys.executable).with_name("tap-smartcar-connections"))
 
@@ -185,6 +185,8 @@ def test_timeouts_are_retried(simulator: SmartcarSimulator, config: dict[str, t.
     )
 
     assert "after 2 attempts" in str(run.error)
+    assert run.records == []
+    assert run.states == []
     assert "ReadTimeout" in str(run.error)
 
 
@@ -205,10 +207,13 @@ def test_client_errors_fail_fast_with_one_human_line(
     expected: list[str],
 ) -> None:
     simulator.faults.force_status = status
+    given = json.loads(live_bookmark("2025-01-01T00:00:00.000000Z"))
 
-    run = run_cli(tmp_path, config)
+    run = run_cli(tmp_path, config, state=given)
 
     assert run.exit_code == 1
+    assert run.records == []
+    assert run.state == given
     (line,) = error_lines(run)
     assert all(part in line for part in expected), line
     assert "Traceback" not in run.stderr
@@ -249,12 +254,14 @@ def test_a_paging_loop_ends_the_run(
     else:
         simulator.faults.cursor_cycle = 3
 
-    run = run_cli(tmp_path, {**config, "page_size": 10}, timeout=60)
+    run = run_cli(tmp_path, {**config, "page_size": 10}, timeout=60, state_every=3)
 
     assert run.exit_code == 1
     (line,) = error_lines(run)
     assert "paging loop" in line
     assert len(simulator.requests) <= 6
+    assert len(run.records) == sum(r.count for r in simulator.requests)
+    assert run.states  # written mid-walk: the last one is what a rerun resumes from
     assert bookmarks(run.state) == {}
 
 
@@ -276,8 +283,9 @@ def test_a_signal_stops_the_run_non_zero_with_resumable_state(
     simulator.faults.latency = 0.05
     settings = {**config, "page_size": 5}
     (tmp_path / "config.json").write_text(json.dumps(settings))
-    proc = subprocess.Popen(
-        [CLI, "--config", str(tmp_path / "config.json")],
+    live = len(simulator.connections("live"))
+    proc = subprocess.Popen(  # the CLI's `main`, with STATE every 5 records (see run_cli)
+        [sys.executable, "-c", LAUNCHER, "5", "--config", str(tmp_path / "config.json")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -286,7 +294,7 @@ def test_a_signal_stops_the_run_non_zero_with_resumable_state(
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if sum('"RECORD"' in x for x in lines) >= 40:
+        if sum('"RECORD"' in x for x in lines) >= live + 15:  # live done, simulated begun
             break
     started = time.monotonic()
     proc.send_signal(signum)
@@ -298,10 +306,14 @@ def test_a_signal_stops_the_run_non_zero_with_resumable_state(
     assert f"stopped by {signal.Signals(signum).name}" in err
     assert "Traceback" not in err
     first = Run([json.loads(x) for x in lines])
-    assert 40 <= len(first.records) < 250
+    assert live + 15 <= len(first.records) < 250
+    newest_live = max(r["connectedAt"] for r in first.records if r["mode"] == "live")
+    assert bookmarks(first.state) == {"mode=live": newest_live}  # none for simulated yet
     simulator.faults.latency = 0
+    simulator.clear_log()
     rerun = sync(settings, state=first.state)
     assert set(first.pairs()) | set(rerun.pairs()) == everything(simulator, "live", "simulated")
+    assert [r.params["mode"] for r in simulator.requests].count("live") == 1
 
 
 def live_bookmark(value: str) -> str:
@@ -340,6 +352,7 @@ def test_a_bad_state_file_is_named_and_nothing_is_requested(
     assert f"state file {tmp_path / 'state.json'}" in line
     assert expected in line
     assert "Traceback" not in run.stderr
+    assert run.messages == []
     assert simulator.requests == []
 
 
