@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tap_smartcar_connections.client import ConnectionsStream
 from tap_smartcar_connections.simulator import SmartcarSimulator, generate_connections
 from tap_smartcar_connections.tap import TapSmartcarConnections
 
@@ -55,6 +57,39 @@ def bookmarks(state: dict[str, t.Any]) -> dict[str, str]:
     }
 
 
+def comparable(messages: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
+    """The messages minus clock readings: `time_extracted`, versions and signposts (run start)."""
+    versions = {m["version"] for m in messages if "version" in m}
+    assert len(versions) <= 1
+    result = []
+    for message in messages:
+        copy = {k: v for k, v in message.items() if k != "time_extracted"}
+        if "version" in copy:
+            copy["version"] = "<version>"
+        if copy["type"] == "STATE":
+            copy["value"] = json.loads(json.dumps(copy["value"]))
+            for bookmark in copy["value"].get("bookmarks", {}).values():
+                if "replication_key_signpost" in bookmark:
+                    bookmark["replication_key_signpost"] = "<run start>"
+        result.append(copy)
+    return result
+
+
+@pytest.fixture
+def state_every(monkeypatch: pytest.MonkeyPatch) -> t.Callable[[int], None]:
+    """Lower the SDK's STATE interval for in-process runs (it writes STATE every 10,000 records).
+
+    A test's runs have a few hundred records, so without this the only STATE of a run is the
+    one at its end, and a failed run emits none: mid-walk bookmarks would go unseen.
+    """
+
+    def lower(records: int) -> None:
+        assert ConnectionsStream.STATE_MSG_FREQUENCY == 10_000  # the SDK's, as documented
+        monkeypatch.setattr(ConnectionsStream, "STATE_MSG_FREQUENCY", records)
+
+    return lower
+
+
 @pytest.fixture
 def simulator() -> t.Iterator[SmartcarSimulator]:
     """A simulator with 250 generated connections, live and simulated."""
@@ -71,18 +106,44 @@ def sync(
     config: dict[str, t.Any],
     state: dict[str, t.Any] | None = None,
     catalog: dict[str, t.Any] | None = None,
+    *,
+    expect_error: type[BaseException] | None = None,
 ) -> Run:
-    """Run the tap in this process through the SDK's `sync_all`, capturing its messages."""
+    """Run the tap in this process through the SDK's `sync_all`, capturing its messages.
+
+    The tap's exception propagates unless `expect_error` names its type: then the Run comes
+    back with `.error` set and the messages written before the failure, and the test fails if
+    the run succeeded. Messages are what the command line would have written: every writer
+    (the SDK's and the fast RECORD path) writes straight to stdout's byte buffer, and
+    `test_an_in_process_failure_emits_what_the_command_line_emits` checks the two agree.
+    """
     buffer = io.BytesIO()
     out = io.TextIOWrapper(buffer, encoding="utf-8")
     error: BaseException | None = None
     with contextlib.redirect_stdout(out):
         try:
-            TapSmartcarConnections(config=config, state=state, catalog=catalog).sync_all()
+            # A copy: the SDK updates the state it loads, which would rewrite `state`'s Run.
+            tap = TapSmartcarConnections(config=config, state=copy.deepcopy(state), catalog=catalog)
+            tap.sync_all()
         except Exception as exc:
+            if expect_error is None or not isinstance(exc, expect_error):
+                raise
             error = exc
-        out.flush()
+        finally:
+            out.flush()
+    if expect_error is not None and error is None:
+        pytest.fail(f"the run succeeded; expected {expect_error.__name__}")
     return Run([json.loads(line) for line in buffer.getvalue().splitlines()], error=error)
+
+
+LAUNCHER = """\
+import sys
+from tap_smartcar_connections.client import ConnectionsStream
+ConnectionsStream.STATE_MSG_FREQUENCY = int(sys.argv.pop(1))
+from tap_smartcar_connections.tap import main
+sys.argv[0] = "tap-smartcar-connections"
+main()
+"""
 
 
 def run_cli(
@@ -92,11 +153,18 @@ def run_cli(
     state: dict[str, t.Any] | str | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 120,
+    state_every: int | None = None,
 ) -> Run:
-    """Run the real console script with a config file (and state file), like Meltano does."""
+    """Run the real console script with a config file (and state file), like Meltano does.
+
+    `state_every` runs the same `main` with the SDK's STATE interval (every 10,000 records)
+    lowered, so that a short run emits STATE mid-walk as a long one does.
+    """
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(config))
     command = [str(Path(sys.executable).with_name("tap-smartcar-connections"))]
+    if state_every is not None:
+        command = [sys.executable, "-c", LAUNCHER, str(state_every)]
     command += ["--config", str(config_file), *args]
     if state is not None:
         state_file = tmp_path / "state.json"

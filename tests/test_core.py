@@ -11,12 +11,13 @@ import pytest
 
 from tap_smartcar_connections.client import (
     ConnectionsStream,
+    SmartcarAPIError,
     _normalize_timestamps,
     normalize_timestamp,
 )
 from tap_smartcar_connections.simulator import SmartcarSimulator
 
-from .conftest import bookmarks, sync
+from .conftest import Run, bookmarks, sync
 
 NORMALISED = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
 
@@ -31,6 +32,10 @@ def newest(simulator: SmartcarSimulator, mode: str) -> str:
 
 def requests_for(simulator: SmartcarSimulator, mode: str) -> list[t.Any]:
     return [r for r in simulator.requests if r.params.get("mode") == mode]
+
+
+def keys_in_order(connections: t.Iterable[dict[str, str]]) -> list[tuple[str, str]]:
+    return [(c["userId"], c["vehicleId"]) for c in connections]
 
 
 def conn(user: str, vehicle: str, at: str, mode: str = "live") -> dict[str, str]:
@@ -270,23 +275,99 @@ def test_a_mode_smartcar_adds_later_still_matches_the_schema() -> None:
     jsonschema.validate({**record, "mode": "sandbox"}, ConnectionsStream.schema)
 
 
-def test_a_failed_run_keeps_old_bookmarks_and_a_rerun_loses_nothing(
-    simulator: SmartcarSimulator, config: dict[str, t.Any]
+def partition(state: dict[str, t.Any], mode: str) -> dict[str, t.Any]:
+    """The state entry of `mode`'s partition ({} if there is none)."""
+    partitions = state.get("bookmarks", {}).get("connections", {}).get("partitions", [])
+    return next((p for p in partitions if p["context"] == {"mode": mode}), {})
+
+
+def states_before_last_record(run: Run) -> int:
+    """How many STATE messages were written after a record and before the run's last record.
+
+    The SDK writes STATE every `STATE_MSG_FREQUENCY` records, but only when it changed.
+    """
+    types = [m["type"] for m in run.messages]
+    first, last = types.index("RECORD"), len(types) - 1 - types[::-1].index("RECORD")
+    return types[first:last].count("STATE")
+
+
+def served(simulator: SmartcarSimulator) -> int:
+    return sum(r.count for r in simulator.requests if r.status == 200)
+
+
+def test_a_mode_failing_mid_walk_emits_no_bookmark_for_it(
+    simulator: SmartcarSimulator, config: dict[str, t.Any], state_every: t.Callable[[int], None]
 ) -> None:
+    state_every(5)
     settings = {**config, "page_size": 10, "max_retry_seconds": 0}
     simulator.faults.fail_after_page = 3
 
-    failed = sync(settings)
+    failed = sync(settings, expect_error=SmartcarAPIError)
 
-    assert failed.error is not None
-    assert 0 < len(failed.records) < 250
+    assert "500" in str(failed.error)
+    assert failed.pairs() == [
+        pair
+        for pair, _ in zip(keys_in_order(simulator.connections("live")), range(30), strict=False)
+    ]
+    assert served(simulator) == 30
+    assert states_before_last_record(failed) >= 1  # STATE really was written mid-walk
     assert bookmarks(failed.state) == {}
+    live = partition(failed.state, "live")
+    assert "progress_markers" in live  # the last STATE is from the walk, not the start
+    assert "replication_key_value" not in live
     simulator.faults.fail_after_page = None
     rerun = sync(settings, state=failed.state)
 
     everything = keys(simulator.connections("live")) | keys(simulator.connections("simulated"))
-    assert set(failed.pairs()) | set(rerun.pairs()) == everything
-    assert rerun.error is None
+    assert set(rerun.pairs()) == everything
+
+
+def test_a_mode_failing_mid_walk_keeps_its_old_bookmark_and_a_rerun_loses_nothing(
+    simulator: SmartcarSimulator, config: dict[str, t.Any], state_every: t.Callable[[int], None]
+) -> None:
+    settings = {**config, "page_size": 10, "max_retry_seconds": 0}
+    first = sync(settings)
+    marks = bookmarks(first.state)
+    added = [conn(f"u{i}", f"v{i}", f"2026-07-01T00:{i:02d}:00Z") for i in range(40)]
+    simulator.add(*added)
+    simulator.clear_log()
+    state_every(5)
+    simulator.faults.fail_after_page = 2
+
+    failed = sync(settings, state=first.state, expect_error=SmartcarAPIError)
+
+    assert set(failed.pairs()) == keys(added[20:])  # the two newest pages
+    assert states_before_last_record(failed) >= 1
+    assert bookmarks(failed.state) == marks
+    assert "progress_markers" in partition(failed.state, "live")
+    simulator.faults.fail_after_page = None
+    simulator.clear_log()
+    rerun = sync(settings, state=failed.state)
+
+    assert keys(added) <= set(rerun.pairs())
+    assert bookmarks(rerun.state)["mode=live"] == "2026-07-01T00:39:00.000000Z"
+
+
+def test_a_failure_in_a_later_mode_keeps_the_finished_modes_bookmark(
+    simulator: SmartcarSimulator, config: dict[str, t.Any], state_every: t.Callable[[int], None]
+) -> None:
+    state_every(5)
+    settings = {**config, "page_size": 10, "max_retry_seconds": 0}
+    live_pages = math.ceil(len(simulator.connections("live")) / 10)
+    simulator.faults.fail_after_page = live_pages + 2
+
+    failed = sync(settings, expect_error=SmartcarAPIError)
+
+    simulated = [r for r in failed.records if r["mode"] == "simulated"]
+    assert len(simulated) == 20
+    assert bookmarks(failed.state) == {"mode=live": newest(simulator, "live")}
+    assert "progress_markers" in partition(failed.state, "simulated")
+    simulator.faults.fail_after_page = None
+    simulator.clear_log()
+    rerun = sync(settings, state=failed.state)
+
+    assert keys(simulator.connections("simulated")) <= set(rerun.pairs())
+    assert len(requests_for(simulator, "live")) == 1
 
 
 def test_a_bookmark_never_moves_backwards(

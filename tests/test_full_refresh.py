@@ -7,6 +7,7 @@ import json
 import math
 import typing as t
 
+from tap_smartcar_connections.client import SmartcarAPIError
 from tap_smartcar_connections.simulator import SmartcarSimulator
 
 from .conftest import ROOT, Run, bookmarks, sync
@@ -72,9 +73,9 @@ def test_a_failed_full_refresh_sends_no_activate_version(
     }
     simulator.faults.fail_after_page = 9  # live needs 7 pages: fails in the last mode
 
-    run = sync(settings, catalog=full_table_catalog())
+    run = sync(settings, catalog=full_table_catalog(), expect_error=SmartcarAPIError)
 
-    assert run.error is not None
+    assert "500" in str(run.error)
     assert len(run.records) == len(simulator.connections("live")) + 2 * 20
     assert activations(run) == []
 

@@ -21,6 +21,7 @@ import jsonschema
 import pytest
 from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.helpers.conform import TypeConformanceLevel
+from singer_sdk.io_base import SingerWriter
 from singer_sdk.singerlib import RecordMessage
 from singer_sdk.singerlib.encoding import SimpleSingerWriter
 from singer_sdk.streams.core import Stream
@@ -33,7 +34,7 @@ from tap_smartcar_connections.client import (
 from tap_smartcar_connections.simulator import SmartcarSimulator, generate_connections
 from tap_smartcar_connections.tap import TapSmartcarConnections
 
-from .conftest import ROOT, TOKEN
+from .conftest import ROOT, TOKEN, comparable
 
 SMALL, BIG = 2_000, 20_000
 
@@ -72,24 +73,6 @@ def assert_valid_singer(messages: list[dict[str, t.Any]]) -> None:
                 assert isinstance(message["version"], int)
             case other:
                 pytest.fail(f"unexpected message type {other}")
-
-
-def comparable(messages: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
-    """The messages minus clock readings: `time_extracted`, versions and signposts (run start)."""
-    versions = {m["version"] for m in messages if "version" in m}
-    assert len(versions) <= 1
-    result = []
-    for message in messages:
-        copy = {k: v for k, v in message.items() if k != "time_extracted"}
-        if "version" in copy:
-            copy["version"] = "<version>"
-        if copy["type"] == "STATE":
-            copy["value"] = json.loads(json.dumps(copy["value"]))
-            for bookmark in copy["value"].get("bookmarks", {}).values():
-                if "replication_key_signpost" in bookmark:
-                    bookmark["replication_key_signpost"] = "<run start>"
-        result.append(copy)
-    return result
 
 
 def full_table_catalog() -> dict[str, t.Any]:
@@ -343,3 +326,39 @@ def test_the_bench_fails_a_wrong_sync(
     bench.check(run, entries, 250, "")
 
     assert any(problem in text for text in run.problems), run.problems
+
+
+def test_another_message_writer_gets_its_own_record_lines(config: dict[str, t.Any]) -> None:
+    # The fast path writes msgspec's bytes itself; with any other writer it must step aside.
+    buffer = io.BytesIO()
+    with contextlib.redirect_stdout(io.TextIOWrapper(buffer, encoding="utf-8")) as out:
+        settings = {**config, "modes": ["live"]}
+        tap = TapSmartcarConnections(config=settings, message_writer=SingerWriter())
+        tap.sync_all()
+        out.flush()
+    lines = [line for line in buffer.getvalue().decode().splitlines() if '"RECORD"' in line]
+
+    assert len(lines) == 121
+    for line in lines:
+        message = json.loads(line)
+        stamp = datetime.fromisoformat(message["time_extracted"])
+        expected = SingerWriter().format_message(
+            RecordMessage(stream="connections", record=message["record"], time_extracted=stamp)
+        )
+        assert line == expected
+
+
+def test_a_writer_subclass_receives_every_record(config: dict[str, t.Any]) -> None:
+    written: list[t.Any] = []
+
+    class Recording(MsgSpecWriter):
+        def write_message(self, message: t.Any) -> None:
+            written.append(message)
+
+    buffer = io.BytesIO()
+    with contextlib.redirect_stdout(io.TextIOWrapper(buffer, encoding="utf-8")) as out:
+        TapSmartcarConnections(config=config, message_writer=Recording()).sync_all()
+        out.flush()
+
+    assert buffer.getvalue() == b""
+    assert sum(isinstance(m, RecordMessage) for m in written) == 250

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tap_smartcar_connections.client import SmartcarAPIError
 from tap_smartcar_connections.simulator import SmartcarSimulator
 
-from .conftest import TOKEN, Run, bookmarks, run_cli, sync
+from .conftest import LAUNCHER, TOKEN, Run, bookmarks, comparable, run_cli, sync
 
 CLI = str(Path(sys.executable).with_name("tap-smartcar-connections"))
 
@@ -110,14 +111,55 @@ def test_a_request_failing_past_max_retry_seconds_fails_the_run_clearly(
     simulator.faults.fail_after_page = 2
     simulator.faults.fail_status = 503
 
-    run = run_cli(tmp_path, {**config, "page_size": 10, "max_retry_seconds": 2})
+    run = run_cli(tmp_path, {**config, "page_size": 10, "max_retry_seconds": 2}, state_every=5)
 
     assert run.exit_code == 1
     (line,) = error_lines(run)
     assert "still failing" in line and "503" in line and "max_retry_seconds=2" in line
     assert "Traceback" not in run.stderr
-    assert bookmarks(run.state) == {}
-    assert len(run.records) == 20
+    assert (
+        run.pairs() == [(c["userId"], c["vehicleId"]) for c in simulator.connections("live")][:20]
+    )
+    assert [m["type"] for m in run.messages].index("STATE") < len(run.messages) - 1
+    assert bookmarks(run.state) == {}  # the last STATE emitted, written mid-walk
+
+
+def test_an_in_process_failure_emits_what_the_command_line_emits(
+    tmp_path: Path,
+    simulator: SmartcarSimulator,
+    config: dict[str, t.Any],
+    state_every: t.Callable[[int], None],
+) -> None:
+    # The failure-path tests read `sync`'s captured stdout as what a run really wrote.
+    settings = {**config, "page_size": 10, "max_retry_seconds": 0}
+    first = sync(settings)
+    simulator.add(
+        *[
+            {
+                "userId": f"u{i}",
+                "vehicleId": f"v{i}",
+                "connectedAt": f"2026-08-01T00:{i:02d}:00Z",
+                "mode": "live",
+            }
+            for i in range(35)
+        ]
+    )
+    simulator.faults.fail_after_page = 3
+    simulator.clear_log()
+    state_every(5)
+
+    in_process = sync(settings, state=first.state, expect_error=SmartcarAPIError)
+    simulator.clear_log()
+    cli = run_cli(tmp_path, settings, state=first.state, state_every=5)
+
+    assert cli.exit_code == 1
+    (line,) = error_lines(cli)
+    assert "still failing after 1 attempts" in line
+    assert "still failing after 1 attempts" in str(in_process.error)
+    assert len(cli.records) == 30
+    assert sum(m["type"] == "STATE" for m in cli.messages) >= 2
+    assert comparable(cli.messages) == comparable(in_process.messages)
+    assert bookmarks(cli.state) == bookmarks(first.state)
 
 
 def test_a_retry_after_beyond_the_budget_fails_at_once(
@@ -127,19 +169,24 @@ def test_a_retry_after_beyond_the_budget_fails_at_once(
     simulator.faults.retry_after = "120"
     started = time.monotonic()
 
-    run = sync({**config, "max_retry_seconds": 10})
+    run = sync({**config, "max_retry_seconds": 10}, expect_error=SmartcarAPIError)
 
     assert time.monotonic() - started < 5
-    assert run.error is not None and "429 RATE_LIMIT" in str(run.error)
+    assert "429 RATE_LIMIT" in str(run.error)
+    assert run.records == []
+    assert run.states == []
 
 
 def test_timeouts_are_retried(simulator: SmartcarSimulator, config: dict[str, t.Any]) -> None:
     simulator.faults.latency = 1.5
 
-    run = sync({**config, "request_timeout": 1, "max_retry_seconds": 3})
+    run = sync(
+        {**config, "request_timeout": 1, "max_retry_seconds": 3}, expect_error=SmartcarAPIError
+    )
 
-    assert run.error is not None
     assert "after 2 attempts" in str(run.error)
+    assert run.records == []
+    assert run.states == []
     assert "ReadTimeout" in str(run.error)
 
 
@@ -160,10 +207,13 @@ def test_client_errors_fail_fast_with_one_human_line(
     expected: list[str],
 ) -> None:
     simulator.faults.force_status = status
+    given = json.loads(live_bookmark("2025-01-01T00:00:00.000000Z"))
 
-    run = run_cli(tmp_path, config)
+    run = run_cli(tmp_path, config, state=given)
 
     assert run.exit_code == 1
+    assert run.records == []
+    assert run.state == given
     (line,) = error_lines(run)
     assert all(part in line for part in expected), line
     assert "Traceback" not in run.stderr
@@ -204,12 +254,14 @@ def test_a_paging_loop_ends_the_run(
     else:
         simulator.faults.cursor_cycle = 3
 
-    run = run_cli(tmp_path, {**config, "page_size": 10}, timeout=60)
+    run = run_cli(tmp_path, {**config, "page_size": 10}, timeout=60, state_every=3)
 
     assert run.exit_code == 1
     (line,) = error_lines(run)
     assert "paging loop" in line
     assert len(simulator.requests) <= 6
+    assert len(run.records) == sum(r.count for r in simulator.requests)
+    assert run.states  # written mid-walk: the last one is what a rerun resumes from
     assert bookmarks(run.state) == {}
 
 
@@ -231,8 +283,9 @@ def test_a_signal_stops_the_run_non_zero_with_resumable_state(
     simulator.faults.latency = 0.05
     settings = {**config, "page_size": 5}
     (tmp_path / "config.json").write_text(json.dumps(settings))
-    proc = subprocess.Popen(
-        [CLI, "--config", str(tmp_path / "config.json")],
+    live = len(simulator.connections("live"))
+    proc = subprocess.Popen(  # the CLI's `main`, with STATE every 5 records (see run_cli)
+        [sys.executable, "-c", LAUNCHER, "5", "--config", str(tmp_path / "config.json")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -241,7 +294,7 @@ def test_a_signal_stops_the_run_non_zero_with_resumable_state(
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if sum('"RECORD"' in x for x in lines) >= 40:
+        if sum('"RECORD"' in x for x in lines) >= live + 15:  # live done, simulated begun
             break
     started = time.monotonic()
     proc.send_signal(signum)
@@ -253,10 +306,14 @@ def test_a_signal_stops_the_run_non_zero_with_resumable_state(
     assert f"stopped by {signal.Signals(signum).name}" in err
     assert "Traceback" not in err
     first = Run([json.loads(x) for x in lines])
-    assert 40 <= len(first.records) < 250
+    assert live + 15 <= len(first.records) < 250
+    newest_live = max(r["connectedAt"] for r in first.records if r["mode"] == "live")
+    assert bookmarks(first.state) == {"mode=live": newest_live}  # none for simulated yet
     simulator.faults.latency = 0
+    simulator.clear_log()
     rerun = sync(settings, state=first.state)
     assert set(first.pairs()) | set(rerun.pairs()) == everything(simulator, "live", "simulated")
+    assert [r.params["mode"] for r in simulator.requests].count("live") == 1
 
 
 def live_bookmark(value: str) -> str:
@@ -295,6 +352,7 @@ def test_a_bad_state_file_is_named_and_nothing_is_requested(
     assert f"state file {tmp_path / 'state.json'}" in line
     assert expected in line
     assert "Traceback" not in run.stderr
+    assert run.messages == []
     assert simulator.requests == []
 
 
