@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -18,6 +19,7 @@ import time
 import traceback
 import typing as t
 import zlib
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
@@ -40,7 +42,7 @@ from singer_sdk.streams.rest import PageContext
 from typing_extensions import override
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Generator, Iterable, Iterator
 
     from singer_sdk import Tap
 
@@ -51,6 +53,8 @@ BODY_ATTEMPTS = 3
 """Tries for a page whose body is broken: a proxy may cut one, but bad data stays bad."""
 MAX_BODY_BYTES = 4 * 1024 * 1024
 """Largest decoded body accepted; a full page is about 15 KB."""
+PROGRESS_SECONDS = 60.0
+"""A walk logs its progress at least this often."""
 MAX_EMPTY_PAGES = 100
 """Empty pages in a row, each with a new cursor, after which a walk is taken to be endless."""
 CONNECT_TIMEOUT_SECONDS = 30.0
@@ -116,6 +120,119 @@ class Writer(MsgSpecWriter):
 
 class SmartcarAPIError(SmartcarError, FatalAPIError):
     """The Smartcar API refused a request, or kept failing past `max_retry_seconds`."""
+
+
+class _Refused(SmartcarAPIError):
+    """The API answered a client error (4xx)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _StaleCheckpoint(Exception):
+    """A saved checkpoint cannot be resumed from."""
+
+
+def _key(record: dict[str, str]) -> str:
+    """A short digest of a connection's key, kept in the state instead of the raw IDs."""
+    return hashlib.sha256(f"{record['userId']}\0{record['vehicleId']}".encode()).hexdigest()[:16]
+
+
+@dataclass
+class _Walk:
+    """One mode's read, newest first: where it stops, and what it has read so far."""
+
+    context: Context | None
+    floor: str = ""
+    """Stop below this instant: the bookmark or `start_date` ("" reads to the last page)."""
+    skip: frozenset[str] = frozenset()
+    """Keys (`_key`) already sent at the `floor` instant."""
+    newest: str = ""
+    """The newest instant read that may become the bookmark (never after the run's start)."""
+    newest_keys: set[str] = field(default_factory=set)
+    last: str = ""
+    """The last instant read: how far back the walk has come."""
+    unordered: bool = False
+    pages: int = 0
+    records: int = 0
+    top: str = ""
+    began: float = field(default_factory=time.monotonic)
+    logged: float = field(default_factory=time.monotonic)
+
+    def absorb(self, head: _Walk, checkpoint: dict[str, t.Any]) -> None:
+        """Take in a resumed walk's checkpoint and the new head read before continuing it."""
+        self.newest, self.newest_keys = checkpoint["newest"], set(checkpoint["newest_keys"])
+        if head.newest > self.newest:
+            self.newest, self.newest_keys = head.newest, head.newest_keys
+        elif head.newest == self.newest:
+            self.newest_keys |= head.newest_keys
+        self.last = checkpoint["last"]
+        self.unordered = checkpoint.get("unordered", False) or head.unordered
+        self.pages, self.records = head.pages, head.records
+        self.top = head.top or checkpoint["newest"]
+
+    def checkpoint(self, cursor: str, page_size: int) -> dict[str, t.Any]:
+        """What a rerun needs to go on from `cursor` (see `ConnectionsStream.request_records`)."""
+        return {
+            "cursor": cursor,
+            "newest": self.newest,
+            "newest_keys": sorted(self.newest_keys),
+            "last": self.last,
+            "floor": self.floor,
+            "page_size": page_size,
+            "unordered": self.unordered,
+        }
+
+    def estimate(self, elapsed: float) -> float | None:
+        """Seconds left, from how fast the walk moves back in time, when that can be told."""
+        if not (self.floor and self.top and self.floor < self.last < self.top):
+            return None
+        top, last, floor = (datetime.fromisoformat(v) for v in (self.top, self.last, self.floor))
+        return elapsed * (last - floor).total_seconds() / (top - last).total_seconds()
+
+
+def _fetch_from_checkpoint(
+    fetch: Callable[..., tuple[list[dict[str, str]], str | None]],
+    context: Context | None,
+    cursor: str | None,
+    at_most: str,
+) -> tuple[list[dict[str, str]], str | None]:
+    """Fetch a page; if it is a checkpoint's (`at_most` set), check the API still accepts it.
+
+    Raises:
+        _StaleCheckpoint: If the API refuses the cursor (400: expired, rotated) or the page
+            starts after `at_most`, where the interrupted walk had already read.
+    """
+    try:
+        records, next_cursor = fetch(context, cursor)
+    except _Refused as exc:
+        if at_most and exc.status == HTTPStatus.BAD_REQUEST:
+            raise _StaleCheckpoint(f"the API refused its cursor: {exc}") from exc
+        raise
+    if at_most and records and records[0]["connectedAt"] > at_most:
+        msg = f"its next page starts at {records[0]['connectedAt']}, after {at_most}"
+        raise _StaleCheckpoint(msg)
+    return records, next_cursor
+
+
+def _check_paging(walk: _Walk, cursor: str, seen: set[str], empty: int) -> None:
+    """Fail on a cursor already handed out, or on empty pages without end.
+
+    Raises:
+        SmartcarAPIError: Naming the mode and what went wrong.
+    """
+    if cursor in seen or empty >= MAX_EMPTY_PAGES:
+        problem = (
+            f"page {walk.pages} returned a cursor already seen (a paging loop)"
+            if cursor in seen
+            else f"{empty} empty pages in a row, each with a new cursor"
+        )
+        msg = (
+            f"Smartcar API paging failed for {json.dumps(walk.context)}: {problem}. Report it "
+            "to Smartcar support; the last STATE emitted is safe to resume from"
+        )
+        raise SmartcarAPIError(msg)
 
 
 class _UnexpectedBody(RetriableAPIError):
@@ -541,8 +658,6 @@ class ConnectionsStream(RESTStream[str]):
 
     _last_request_at = 0.0
     _record_affixes: tuple[bytes, bytes] | None = None
-    _progress_context: Context | None = None
-    _progress_value: t.Any = None
     _answered = False
     """Whether any response came back in this run: before one, a connection failure is fatal."""
     _environment: dict[str, t.Any] | None = None
@@ -550,8 +665,6 @@ class ConnectionsStream(RESTStream[str]):
     """Records emitted in a connection test (`ABORT_AT_RECORD_COUNT`)."""
     _complete_walks = 0
     """Partitions read to a page with an explicit null cursor, for ACTIVATE_VERSION."""
-    _truncated = False
-    """Whether this is a dry run (`--test`), whose walks stop at a record limit."""
 
     def __init__(self, tap: Tap) -> None:
         """Create the stream; expected failures skip the SDK's generic error line.
@@ -773,7 +886,7 @@ class ConnectionsStream(RESTStream[str]):
         if status >= HTTPStatus.BAD_REQUEST:
             advice = _ADVICE.get(status, "see Smartcar's documentation for this error")
             msg = f"Smartcar API error {describe_response(response)}. To fix: {advice}"
-            raise SmartcarAPIError(msg)
+            raise _Refused(msg, status)
 
     def _fetch_page(
         self, context: Context | None, cursor: str | None
@@ -883,22 +996,12 @@ class ConnectionsStream(RESTStream[str]):
     def _increment_stream_state(
         self, latest_record: dict[str, t.Any], *, context: Context | None = None
     ) -> None:
-        """Skip records not newer than the partition's newest so far, the SDK's own rule.
+        """Do nothing: `request_records` keeps each mode's bookmark, checkpoint and ties.
 
-        With `is_sorted = False` and `check_sorted` (the default) the SDK keeps the highest
-        value; it finds the partition's state and compares for every record, and on
-        newest-first pages nearly every call changes nothing. Each partition is its own
-        context object, so a new partition starts afresh.
+        The SDK's bookkeeping for unsorted streams cannot resume a walk (it says so in a
+        WARNING on every run), compares every record and ignores its own signpost in
+        partitions, so a future-dated connection would become the bookmark.
         """
-        value = latest_record.get(self.replication_key or "")
-        mark = self._progress_value
-        if context is self._progress_context and None not in (mark, value) and value <= mark:
-            return
-        if isinstance(value, str) and value > self.started:
-            return  # the SDK's signpost would cap it, but it is never applied to partitions
-        super()._increment_stream_state(latest_record, context=context)
-        self._progress_context = context
-        self._progress_value = value if self.replication_method == "INCREMENTAL" else None
 
     @override
     def generate_child_contexts(
@@ -909,81 +1012,159 @@ class ConnectionsStream(RESTStream[str]):
 
     @override
     def request_records(self, context: Context | None) -> Iterator[dict[str, str]]:
-        """Read the partition's pages, newest first, stopping at its bookmark.
+        """Read the partition newest first down to its bookmark, resuming an interrupted walk.
 
-        Overridden rather than using an SDK paginator because the stop condition depends on
-        the partition's bookmark, which paginators cannot see, and each body is parsed once
-        for both its records and its cursor. Records at exactly the bookmark are emitted again
-        (targets dedupe on the key), so a connection that shares that instant is never lost.
+        Overridden rather than using an SDK paginator because the stop depends on the
+        partition's state, which paginators cannot see, and each body is parsed once for both
+        its records and its cursor. The bookmark logic, all here and in `_read`:
 
-        The stop is only trusted while the walk is in newest-first order: the rest of the page
-        that reaches the bookmark is still checked, and once any connection is newer than one
-        before it, the walk reads every page to the end (one WARNING says so). A page out of
-        order costs requests, never connections.
+        - the walk stops at the first connection older than the bookmark (or `start_date`);
+          connections at the bookmark instant are emitted unless the state lists them as sent
+          (`keys_at_bookmark`), so a late tie is never lost and nothing is sent twice;
+        - after each page, the partition's `checkpoint` (next cursor, newest instant and its
+          keys, last instant read, the bookmark read down to) is written; a rerun first reads
+          the new head down to that newest instant, then goes on from the cursor;
+        - the bookmark moves, to the newest instant read but never past the run's start, only
+          when the walk is complete;
+        - the stop is only trusted in newest-first order: once a connection is newer than one
+          before it, the walk reads to the last page.
+        """
+        state = self._walk_state(context)
+        floor, skip = self._floor(context, state)
+        walk = _Walk(context, floor, skip)
+        checkpoint = self._checkpoint(context, state, floor)
+        ended = None
+        with self.get_http_request_counter() as counter:
+            counter.with_context(context)
+            if checkpoint is not None:
+                ended = yield from self._resume(walk, checkpoint, state, counter)
+            if ended is None:
+                ended = yield from self._read(walk, None, state, counter)
+        if ended == "cut":
+            return
+        self._complete_walks += ended == "end"
+        if state is not None:
+            self._settle(state, walk)
+        self._log_progress(walk, done=True)
+
+    def _resume(
+        self,
+        walk: _Walk,
+        checkpoint: dict[str, t.Any],
+        state: dict[str, t.Any] | None,
+        counter: t.Any,
+    ) -> Generator[dict[str, str], None, str | None]:
+        """Read the new head down to the checkpoint's newest instant, then go on from its cursor.
+
+        Returns:
+            How the walk ended, or None if the checkpoint was stale and the mode must be read
+            from the top.
+        """
+        head = _Walk(walk.context, checkpoint["newest"], frozenset(checkpoint["newest_keys"]))
+        ended = yield from self._read(head, None, None, counter)
+        walk.absorb(head, checkpoint)
+        if ended != "floor":
+            return ended  # the list ended above the checkpoint, or a dry run stopped
+        try:
+            return (
+                yield from self._read(
+                    walk, checkpoint["cursor"], state, counter, checkpoint["last"]
+                )
+            )
+        except _StaleCheckpoint as exc:
+            self.logger.warning(
+                "The checkpoint for %s cannot be used (%s): reading this mode from the top "
+                "again, bookmark unchanged",
+                json.dumps(walk.context),
+                exc,
+            )
+            return None
+
+    def _read(  # noqa: PLR0912
+        self,
+        walk: _Walk,
+        cursor: str | None,
+        state: dict[str, t.Any] | None,
+        counter: t.Any,
+        at_most: str = "",
+    ) -> Generator[dict[str, str], None, str]:
+        """Read pages from `cursor` down to `walk.floor`, checkpointing into `state` after each.
+
+        Args:
+            walk: The walk to read and update.
+            cursor: Where to start; None for the first page.
+            state: The partition's state to checkpoint into, or None.
+            counter: The request counter.
+            at_most: Resuming: the first page must not start after this instant.
+
+        Returns:
+            "floor" (reached the bookmark), "end" (an explicit null cursor) or "cut" (a dry
+            run's record limit).
 
         Raises:
+            _StaleCheckpoint: If `at_most` is set and the first page is refused or too new.
             SmartcarAPIError: If the API hands out a cursor it already gave (a paging loop) or
                 empty pages without end.
         """
-        since = self._since(context)
-        started = self.started
-        limit = self.ABORT_AT_RECORD_COUNT  # set in a dry run (`--test`)
-        self._truncated |= limit is not None
         fetch = self.request_decorator(self._fetch_page)
-        cursor: str | None = None
+        limit = self.ABORT_AT_RECORD_COUNT  # set in a dry run (`--test`)
+        started, floor, skip = self.started, walk.floor, walk.skip
         seen: set[str] = set()
-        previous = ""
-        unordered = False
         empty = 0
-        with self.get_http_request_counter() as counter:
-            counter.with_context(context)
-            while True:
-                if limit is not None and self._emitted >= limit:
-                    return  # stop a dry run without the SDK's abort, an error on a good test
-                records, cursor = fetch(context, cursor)
-                counter.increment()
-                if limit is not None:
-                    records = records[: limit - self._emitted]
-                    self._emitted += len(records)
-                reached = False
-                for record in records:
-                    stamp = record["connectedAt"]
-                    if stamp > previous and previous and not unordered:
-                        unordered = True
-                        self._warn_unordered(context, len(seen) + 1, stamp, previous)
-                    previous = stamp
-                    if since is not None and stamp < since:
-                        reached = True
-                        continue
-                    if stamp > started:
-                        self.logger.warning(
-                            "The connection of vehicle %s is dated %s, after this run started "
-                            "(%s): emitted, but not used as the bookmark. Check the clock, or "
-                            "report the connection to Smartcar",
-                            record["vehicleId"],
-                            stamp,
-                            started,
-                        )
-                    yield record
-                if cursor is None:
-                    self._complete_walks += not self._truncated
-                    return
-                if (reached and not unordered) or (limit is not None and self._emitted >= limit):
-                    return
-                empty = 0 if records else empty + 1
-                if cursor in seen or empty >= MAX_EMPTY_PAGES:
-                    problem = (
-                        f"page {len(seen) + 1} returned a cursor already seen (a paging loop)"
-                        if cursor in seen
-                        else f"{empty} empty pages in a row, each with a new cursor"
-                    )
-                    msg = (
-                        f"Smartcar API paging failed for {json.dumps(context)}: {problem}. "
-                        "Report it to Smartcar support; the last STATE emitted is safe to "
-                        "resume from"
-                    )
-                    raise SmartcarAPIError(msg)
-                seen.add(cursor)
+        while True:
+            if limit is not None and self._emitted >= limit:
+                return "cut"  # stop a dry run without the SDK's abort, an error on a good test
+            records, cursor = _fetch_from_checkpoint(fetch, walk.context, cursor, at_most)
+            at_most = ""
+            counter.increment()
+            walk.pages += 1
+            if limit is not None:
+                records = records[: limit - self._emitted]
+                self._emitted += len(records)
+            reached = False
+            previous, newest, keys = walk.last, walk.newest, walk.newest_keys
+            for record in records:
+                stamp = record["connectedAt"]
+                if stamp > previous and previous and not walk.unordered:
+                    walk.unordered = True
+                    self._warn_unordered(walk.context, walk.pages, stamp, previous)
+                previous = stamp
+                if stamp < floor:
+                    reached = True
+                    continue
+                if stamp == floor and skip and _key(record) in skip:
+                    continue
+                if stamp > started:
+                    self._warn_future(record)
+                elif stamp >= newest:
+                    if stamp > newest:
+                        newest, keys = stamp, set()
+                    keys.add(_key(record))
+                walk.records += 1
+                yield record
+            walk.last, walk.newest, walk.newest_keys = previous, newest, keys
+            walk.top = walk.top or (records[0]["connectedAt"] if records else "")
+            if cursor is None:
+                return "end"
+            if (reached and not walk.unordered) or (limit is not None and self._emitted >= limit):
+                return "cut" if limit is not None and self._emitted >= limit else "floor"
+            empty = 0 if records else empty + 1
+            _check_paging(walk, cursor, seen, empty)
+            seen.add(cursor)
+            if state is not None and walk.newest:
+                state["checkpoint"] = walk.checkpoint(cursor, self.config["page_size"])
+                self.state_manager.is_flushed = False
+                self._write_state_message()
+            self._log_progress(walk)
+
+    def _warn_future(self, record: dict[str, str]) -> None:
+        self.logger.warning(
+            "The connection of vehicle %s is dated %s, after this run started (%s): emitted, "
+            "but not used as the bookmark. Check the clock, or report it to Smartcar",
+            record["vehicleId"],
+            record["connectedAt"],
+            self.started,
+        )
 
     def _warn_unordered(self, context: Context | None, page: int, stamp: str, before: str) -> None:
         self.logger.warning(
@@ -995,28 +1176,111 @@ class ConnectionsStream(RESTStream[str]):
             before,
         )
 
-    def _since(self, context: Context | None) -> str | None:
-        """Where an incremental walk stops: the bookmark (or `start_date`), never the future.
+    def _walk_state(self, context: Context | None) -> dict[str, t.Any] | None:
+        """The partition's state, where an incremental walk keeps its bookmark and checkpoint.
+
+        None for a full refresh, and in a dry run, whose one record is no bookmark.
+        """
+        if self.replication_method != "INCREMENTAL" or self.ABORT_AT_RECORD_COUNT is not None:
+            return None
+        return self.get_context_state(context)
+
+    def _floor(
+        self, context: Context | None, state: dict[str, t.Any] | None
+    ) -> tuple[str, frozenset[str]]:
+        """Where the walk stops (the bookmark or `start_date`, "" for none) and the keys sent there.
 
         A bookmark after the run's start can only come from bad data (or an older release that
-        let a future-dated connection set it); trusting it would skip every real connection.
+        let a future-dated connection set it); trusting it would skip every real connection,
+        so it is dropped and the mode read again from `start_date`.
         """
         if self.replication_method != "INCREMENTAL":
-            return None
+            return "", frozenset()
         start = self.get_starting_replication_key_value(context)
-        since = normalize_timestamp(start) if start else None
-        if since is not None and since > self.started:
+        floor = normalize_timestamp(start) if start else ""
+        if floor > self.started:
             start_date = self.config.get("start_date")
             self.logger.warning(
                 "The bookmark for %s is %s, after this run started (%s), so it cannot be "
                 "right: reading this mode again from %s",
                 json.dumps(context),
-                since,
+                floor,
                 self.started,
                 start_date or "the beginning",
             )
-            return normalize_timestamp(start_date) if start_date else None
-        return since
+            if state is not None:
+                for key in ("replication_key_value", "keys_at_bookmark", "checkpoint"):
+                    state.pop(key, None)
+            return (normalize_timestamp(start_date) if start_date else ""), frozenset()
+        keys = (state or {}).get("keys_at_bookmark")
+        mark = (state or {}).get("replication_key_value")
+        if not isinstance(keys, list) or not mark or normalize_timestamp(mark) != floor:
+            return floor, frozenset()
+        return floor, frozenset(key for key in keys if isinstance(key, str))
+
+    def _checkpoint(
+        self, context: Context | None, state: dict[str, t.Any] | None, floor: str
+    ) -> dict[str, t.Any] | None:
+        """The partition's checkpoint, if it was made for this bookmark and `page_size`."""
+        saved = (state or {}).get("checkpoint")
+        if state is None or saved is None:
+            return None
+        try:
+            usable = (
+                isinstance(saved, dict)
+                and isinstance(saved.get("cursor"), str)
+                and bool(saved["cursor"])
+                and saved.get("floor") == floor
+                and saved.get("page_size") == self.config["page_size"]
+                and isinstance(saved.get("newest_keys"), list)
+                and all(isinstance(key, str) for key in saved["newest_keys"])
+                and isinstance(saved.get("unordered", False), bool)
+                and floor <= normalize_timestamp(saved["last"]) <= self.started
+                and normalize_timestamp(saved["newest"]) == saved["newest"] <= self.started
+            )
+        except (KeyError, TypeError, ValueError):
+            usable = False
+        if not usable:
+            self.logger.warning(
+                "Ignoring the checkpoint for %s: it was made for another bookmark or "
+                "page_size, or is malformed. Reading this mode from the top, bookmark unchanged",
+                json.dumps(context),
+            )
+            state.pop("checkpoint", None)
+            return None
+        return t.cast("dict[str, t.Any]", saved)
+
+    def _settle(self, state: dict[str, t.Any], walk: _Walk) -> None:
+        """After a complete walk: move the bookmark and keep the keys sent at its instant."""
+        state.pop("checkpoint", None)
+        if walk.newest > walk.floor:
+            state["replication_key"] = self.replication_key
+            state["replication_key_value"] = walk.newest
+            state["keys_at_bookmark"] = sorted(walk.newest_keys)
+        elif walk.newest and walk.newest == walk.floor:
+            state["keys_at_bookmark"] = sorted(walk.skip | walk.newest_keys)
+        self.state_manager.is_flushed = False
+
+    def _log_progress(self, walk: _Walk, *, done: bool = False) -> None:
+        """One INFO line about the walk, at most every `PROGRESS_SECONDS` (and at its end)."""
+        now = time.monotonic()
+        if not done and now - walk.logged < PROGRESS_SECONDS:
+            return
+        walk.logged = now
+        elapsed = max(now - walk.began, 1e-3)
+        estimate = walk.estimate(elapsed)
+        self.logger.info(
+            "Connections %s %s: %d pages, %d connections, read back to %s (stops at %s), "
+            "%.1f requests/min%s",
+            json.dumps(walk.context),
+            "finished" if done else "in progress",
+            walk.pages,
+            walk.records,
+            walk.last or "-",
+            walk.floor or "the beginning",
+            walk.pages / elapsed * 60,
+            f", about {estimate / 60:.0f} min left" if estimate is not None and not done else "",
+        )
 
     @override
     def get_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
@@ -1024,32 +1288,26 @@ class ConnectionsStream(RESTStream[str]):
 
         A full refresh's ACTIVATE_VERSION is sent only here, after every partition was read
         to a page whose `paging.cursor` was an explicit null, so a failed, interrupted or
-        truncated refresh never lets a target delete rows.
+        dry-run refresh never lets a target delete rows.
         """
         if self._full_refresh_versioned:
             self._stream_version = self._tap.initialized_at
         yield from super().get_records(context)
-        if self._full_refresh_versioned and context == self.partitions[-1]:
-            if self._complete_walks == len(self.partitions):
-                self._write_activate_version_message(self._tap.initialized_at)
-            else:
-                self.logger.warning(
-                    "No ACTIVATE_VERSION: %d of %d modes were read to their last page, so "
-                    "the target keeps every row",
-                    self._complete_walks,
-                    len(self.partitions),
-                )
+        if (
+            self._full_refresh_versioned
+            and context == self.partitions[-1]
+            and self.ABORT_AT_RECORD_COUNT is None
+            and self._complete_walks == len(self.partitions)
+        ):
+            self._write_activate_version_message(self._tap.initialized_at)
 
     @override
     def _finalize_state(self, state: dict[str, t.Any] | None = None) -> None:
-        """Promote a partition's new bookmark and write STATE at once.
+        """Write STATE as soon as a partition is done.
 
         The SDK writes STATE only after the last partition, so a failure in a later mode would
-        throw away the bookmarks of the modes already read to the end. A walk cut short by a
-        dry run's record limit promotes nothing: its newest record is no bookmark.
+        throw away the bookmarks of the modes already read to the end.
         """
-        if self._truncated and state is not None:
-            state.pop("progress_markers", None)
         super()._finalize_state(state)
         self._write_state_message()
 

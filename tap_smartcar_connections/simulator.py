@@ -547,6 +547,11 @@ class SmartcarSimulator:
         result: list[dict[str, str]] = json.loads(b"[" + b",".join(rows) + b"]")
         return result
 
+    def rotate_cursor_secret(self) -> None:
+        """Sign cursors with a new key: every cursor handed out before is refused with a 400."""
+        with self._lock:
+            self._secret = secrets.token_bytes(16)
+
     def clear_log(self) -> None:
         """Forget logged requests and restart the fault counters."""
         with self._lock:
