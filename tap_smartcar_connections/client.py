@@ -773,8 +773,13 @@ class ConnectionsStream(RESTStream[str]):
                             "max_retry_seconds; the last STATE emitted is safe to resume from"
                         )
                         raise SmartcarAPIError(msg) from exc
+                    limited = getattr(getattr(exc, "response", None), "status_code", 0) == 429
                     self.logger.warning(
-                        "Smartcar API %s; retrying in %.1f s (attempt %d)", summary, wait, attempt
+                        "Smartcar API %s; retrying in %.1f s (attempt %d)%s",
+                        summary,
+                        wait,
+                        attempt,
+                        ": the rate limit's bucket makes the tap wait that long" if limited else "",
                     )
                     time.sleep(wait)
 

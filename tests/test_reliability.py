@@ -56,6 +56,7 @@ def test_429_waits_exactly_retry_after_and_warns_once_per_wait(
     assert len(lines) == len(limited)
     assert all("429 RATE_LIMIT" in line and "requestId" in line for line in lines)
     assert all("retrying in 1.0 s" in line for line in lines)
+    assert all("the rate limit's bucket makes the tap wait" in line for line in lines)
     assert '"statusCode"' not in run.stderr
 
 
