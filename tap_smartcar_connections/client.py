@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -11,25 +9,17 @@ import json
 import logging
 import random
 import re
-import socket
-import ssl
 import sys
-import threading
 import time
-import traceback
 import typing as t
-import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
-from urllib.parse import urlsplit
 
 import msgspec
 import pendulum
 import requests
-import urllib3
-from requests.adapters import HTTPAdapter
 from singer_sdk import typing as th
 from singer_sdk.authenticators import BasicAuthenticator
 from singer_sdk.contrib.msgspec import MsgSpecWriter
@@ -41,6 +31,18 @@ from singer_sdk.streams import RESTStream
 from singer_sdk.streams.rest import PageContext
 from typing_extensions import override
 
+from tap_smartcar_connections.transport import (
+    CONNECT_TIMEOUT_SECONDS,
+    BrokenBody,
+    ResponseTimeout,
+    Transport,
+    deadline,
+    network_reason,
+    origin,
+    printable,
+    read_body,
+)
+
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterable, Iterator
 
@@ -51,13 +53,10 @@ RETRY_BASE_SECONDS = 1.0
 RETRY_CAP_SECONDS = 60.0
 BODY_ATTEMPTS = 3
 """Tries for a page whose body is broken: a proxy may cut one, but bad data stays bad."""
-MAX_BODY_BYTES = 4 * 1024 * 1024
-"""Largest decoded body accepted; a full page is about 15 KB."""
 PROGRESS_SECONDS = 60.0
 """A walk logs its progress at least this often."""
 MAX_EMPTY_PAGES = 100
 """Empty pages in a row, each with a new cursor, after which a walk is taken to be endless."""
-CONNECT_TIMEOUT_SECONDS = 30.0
 
 _RETRIABLE = (
     RetriableAPIError,
@@ -235,14 +234,6 @@ def _check_paging(walk: _Walk, cursor: str, seen: set[str], empty: int) -> None:
         raise SmartcarAPIError(msg)
 
 
-class _UnexpectedBody(RetriableAPIError):
-    """A 200 response whose body is not the documented JSON (e.g. cut off by a proxy)."""
-
-
-class _ResponseTimeout(requests.exceptions.ReadTimeout):
-    """The whole response took longer than `request_timeout` (retriable, like any timeout)."""
-
-
 class _Connection(msgspec.Struct, rename="camel"):
     """A connection as the API returns it; decoding fails if a field is missing or not a string."""
 
@@ -329,34 +320,22 @@ def describe_response(response: requests.Response) -> str:
     Returns:
         For example `401 AUTHENTICATION: Invalid token (requestId 5d2..., see https://...)`.
     """
-    reason = _printable(response.reason, 60) or "error"
+    reason = printable(response.reason, 60) or "error"
     try:
         body = msgspec.json.decode(response.content)
     except (msgspec.DecodeError, RecursionError, requests.exceptions.RequestException):
         body = None
     if not isinstance(body, dict):
         return f"{response.status_code} {reason} (the body was not Smartcar's error JSON)"
-    text = f"{response.status_code} {_printable(body.get('type'), 40) or reason}"
-    if description := _printable(body.get("description"), 300):
+    text = f"{response.status_code} {printable(body.get('type'), 40) or reason}"
+    if description := printable(body.get("description"), 300):
         text += f": {description}"
     details = []
-    if request_id := _printable(body.get("requestId"), 80):
+    if request_id := printable(body.get("requestId"), 80):
         details.append(f"requestId {request_id}")
-    if doc_url := _printable(body.get("docURL"), 200):
+    if doc_url := printable(body.get("docURL"), 200):
         details.append(f"see {doc_url}")
     return f"{text} ({', '.join(details)})" if details else text
-
-
-def _printable(value: t.Any, limit: int) -> str:
-    """One line of at most `limit` printable characters from a server's field, or ''.
-
-    Error fields are the server's text: anything but a string is ignored, control characters
-    (a forged second log line) become spaces and length is capped.
-    """
-    if not isinstance(value, str):
-        return ""
-    text = " ".join("".join(c if c.isprintable() else " " for c in value).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -379,236 +358,11 @@ def _not_an_expected_failure(record: logging.LogRecord) -> bool:
 
 def _failure_summary(exc: BaseException) -> str:
     response = getattr(exc, "response", None)
-    if isinstance(exc, _UnexpectedBody | _ResponseTimeout):
+    if isinstance(exc, BrokenBody | ResponseTimeout):
         return str(exc)
     if response is not None:
         return describe_response(response)
     return type(exc).__name__
-
-
-_SECRETS: set[str] = set()
-_AUTH_VALUE = re.compile(r"\b(Basic|Bearer)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
-REDACTED = "<redacted>"
-
-
-def register_secret(secret: str) -> None:
-    """Have `redact` remove `secret` and the forms it takes in a Basic auth header."""
-    if secret:
-        basic = f"default:{secret}"
-        _SECRETS.update({secret, basic, base64.b64encode(basic.encode()).decode()})
-
-
-def redact(text: str) -> str:
-    """Remove every registered secret and any `Basic …`/`Bearer …` credential from `text`.
-
-    A proxy or server that echoes the request's headers would otherwise put the token into an
-    error line or a log message.
-    """
-    text = _AUTH_VALUE.sub(rf"\1 {REDACTED}", text)
-    for secret in sorted(_SECRETS, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text
-
-
-def install_log_redaction() -> None:
-    """Redact every log record this process creates, whatever logger or handler it goes to.
-
-    A record factory sees each record once, before any handler or formatter (Meltano's
-    structured one included). A traceback is folded into the message, redacted, because
-    formatters render `exc_info` from the live exception.
-    """
-    previous = logging.getLogRecordFactory()
-    if getattr(previous, "redacting", False):
-        return
-
-    def factory(*args: t.Any, **kwargs: t.Any) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
-        try:
-            message = record.getMessage()
-        except Exception:
-            return record
-        folded = bool(record.exc_info and record.exc_info[1] is not None)
-        if folded:
-            message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()  # type: ignore[misc]
-            record.exc_info = None
-        clean = redact(message)
-        if folded or clean != message:
-            record.msg, record.args = clean, ()
-        return record
-
-    factory.redacting = True  # type: ignore[attr-defined]
-    logging.setLogRecordFactory(factory)
-
-
-_IN_FLIGHT: dict[int, t.Any] = {}
-"""The urllib3 connection each thread is using for its current request."""
-
-
-class _TrackedPool(urllib3.HTTPConnectionPool):
-    """Records which connection carries the request, so `_deadline` can cut it."""
-
-    @override
-    def _make_request(self, conn: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
-        _IN_FLIGHT[threading.get_ident()] = conn
-        return super()._make_request(conn, *args, **kwargs)
-
-
-class _TrackedHTTPSPool(_TrackedPool, urllib3.HTTPSConnectionPool):
-    """The HTTPS twin of `_TrackedPool`."""
-
-
-_TRACKED_POOLS = {"http": _TrackedPool, "https": _TrackedHTTPSPool}
-
-
-class _Transport(HTTPAdapter):
-    """requests' adapter, with connection pools whose in-flight connection can be cut."""
-
-    @override
-    def init_poolmanager(self, *args: t.Any, **kwargs: t.Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _TRACKED_POOLS
-
-    @override
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: t.Any) -> urllib3.PoolManager:
-        manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if type(manager) is urllib3.ProxyManager:  # SOCKS managers keep their own pools
-            manager.pool_classes_by_scheme = _TRACKED_POOLS
-        return manager
-
-
-_DEADLINES: dict[int, float] = {}
-"""When each thread's current request must be complete (`time.monotonic()`)."""
-_EXPIRED: set[int] = set()
-_WATCHDOG_TICK = 0.25
-_watchdog_lock = threading.Lock()
-_watchdog: threading.Thread | None = None
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float) -> Iterator[t.Callable[[], bool]]:
-    """Cut the calling thread's request if it is not complete within `seconds`.
-
-    requests' timeout bounds each socket operation, not the response: headers or a body
-    trickling a byte at a time keep one request alive for hours. A watchdog thread (one per
-    process, polling, so a request costs no thread start) shuts the connection's socket down
-    once the deadline passes, which ends the blocked read with an error.
-
-    Yields:
-        A function telling whether the deadline cut the request.
-    """
-    global _watchdog  # noqa: PLW0603
-    with _watchdog_lock:
-        if _watchdog is None:
-            _watchdog = threading.Thread(target=_watch, name="request-deadlines", daemon=True)
-            _watchdog.start()
-    thread = threading.get_ident()
-    _IN_FLIGHT.pop(thread, None)
-    _EXPIRED.discard(thread)
-    _DEADLINES[thread] = time.monotonic() + seconds
-    try:
-        yield lambda: thread in _EXPIRED
-    finally:
-        _DEADLINES.pop(thread, None)
-
-
-def _watch() -> None:
-    while True:
-        time.sleep(_WATCHDOG_TICK)
-        now = time.monotonic()
-        for thread, when in list(_DEADLINES.items()):
-            if when <= now and _DEADLINES.pop(thread, None) is not None:
-                _EXPIRED.add(thread)
-                sock = getattr(_IN_FLIGHT.get(thread), "sock", None)
-                if sock is not None:
-                    with contextlib.suppress(OSError):  # not SSLSocket's: it drops TLS state
-                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-def _read_body(response: requests.Response) -> bytes:
-    """Read a streamed response's body, decoded, refusing more than `MAX_BODY_BYTES`.
-
-    Decoding gzip ourselves with a bounded output is what stops a small compressed body from
-    inflating to gigabytes in memory.
-
-    Raises:
-        _UnexpectedBody: If the body is too large or in an encoding the tap did not ask for.
-        requests.exceptions.ChunkedEncodingError: If the body was cut off.
-    """
-    encoding = response.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in {"", "identity", "gzip", "x-gzip", "deflate"}:
-        response.close()
-        msg = f"{response.status_code} with a body in an unrequested encoding ({encoding[:30]!r})"
-        raise _UnexpectedBody(msg, response)
-    inflate = zlib.decompressobj(wbits=47) if encoding not in {"", "identity"} else None
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        for raw in response.raw.stream(65536, decode_content=False):
-            chunk = raw if inflate is None else inflate.decompress(raw, MAX_BODY_BYTES + 1 - size)
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                response.close()
-                msg = f"{response.status_code} with a body over {MAX_BODY_BYTES:,} bytes"
-                raise _UnexpectedBody(msg, response)
-            chunks.append(chunk)
-        if inflate is not None and not inflate.eof:
-            raise zlib.error("the compressed body ended early")
-    except urllib3.exceptions.ReadTimeoutError as exc:
-        response.close()
-        raise requests.exceptions.ReadTimeout(type(exc).__name__) from exc
-    except (urllib3.exceptions.HTTPError, OSError, zlib.error) as exc:
-        response.close()
-        msg = f"the response body was cut off or corrupt ({type(exc).__name__})"
-        raise requests.exceptions.ChunkedEncodingError(msg) from exc
-    return b"".join(chunks)
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """`exc` and everything it wraps (causes, contexts, urllib3 reasons, exception args)."""
-    pending, seen = [exc], set()
-    while pending:
-        current = pending.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        wrapped = (current.__cause__, current.__context__, getattr(current, "reason", None))
-        pending += [e for e in (*wrapped, *current.args) if isinstance(e, BaseException)]
-
-
-def _network_reason(exc: BaseException) -> str:
-    """Say in a few words why a connection failed (never the URL: it holds the query)."""
-    causes = list(_causes(exc))
-    reasons: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
-        (
-            (urllib3.exceptions.NameResolutionError, socket.gaierror),
-            "the host name does not resolve",
-        ),
-        (ssl.SSLCertVerificationError, "its TLS certificate was not accepted"),
-        (ssl.SSLError, "the TLS handshake failed"),
-        (ConnectionRefusedError, "the connection was refused"),
-        # urllib3's NewConnectionError is a ConnectTimeoutError: only the last resort.
-        (urllib3.exceptions.ConnectTimeoutError, "connecting timed out"),
-    ]
-    for kind, reason in reasons:
-        found = next((cause for cause in causes if isinstance(cause, kind)), None)
-        if isinstance(found, ssl.SSLCertVerificationError):
-            return f"{reason} ({_printable(found.verify_message, 100)})"
-        if found is not None:
-            return reason
-    return f"the connection failed ({type(exc).__name__})"
-
-
-def _origin(url: str) -> str:
-    """`scheme://host[:port]` of `url`, or a description if it is not a usable URL."""
-    try:
-        parts = urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "an unusable address"
-    if not parts.scheme or not parts.hostname:
-        return "an unusable address"
-    return _printable(f"{parts.scheme}://{parts.hostname}{port}", 200)
 
 
 class ConnectionsStream(RESTStream[str]):
@@ -675,7 +429,7 @@ class ConnectionsStream(RESTStream[str]):
         super().__init__(tap)
         self.logger.addFilter(_not_an_expected_failure)
         for prefix in ("http://", "https://"):
-            self.requests_session.mount(prefix, _Transport())
+            self.requests_session.mount(prefix, Transport())
         started = datetime.fromtimestamp(self._tap.initialized_at / 1000, UTC)
         self.started = normalize_timestamp(started.isoformat())
         """The run's start: no bookmark moves past it."""
@@ -724,7 +478,7 @@ class ConnectionsStream(RESTStream[str]):
     @property
     @override
     def http_headers(self) -> dict[str, t.Any]:
-        """Ask for gzip only: `_read_body` decodes it with a bound on the output."""
+        """Ask for gzip only: `read_body` decodes it with a bound on the output."""
         return {**super().http_headers, "Accept-Encoding": "gzip"}
 
     @override
@@ -752,7 +506,7 @@ class ConnectionsStream(RESTStream[str]):
         @functools.wraps(func)
         def call(*args: t.Any, **kwargs: t.Any) -> t.Any:
             budget = float(self.config["max_retry_seconds"])
-            deadline = time.monotonic() + budget
+            give_up_at = time.monotonic() + budget
             attempt = broken = 0
             while True:
                 self._pace()
@@ -760,13 +514,13 @@ class ConnectionsStream(RESTStream[str]):
                     return func(*args, **kwargs)
                 except _RETRIABLE as exc:
                     attempt += 1
-                    broken += isinstance(exc, _UnexpectedBody)
+                    broken += isinstance(exc, BrokenBody)
                     self._give_up_at_once(exc, broken)
                     ceiling = min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1))
                     backoff = random.uniform(ceiling / 2, ceiling)  # noqa: S311
                     wait = max(RETRY_BASE_SECONDS, backoff, _retry_after(exc) or 0.0)
                     summary = _failure_summary(exc)
-                    if time.monotonic() + wait > deadline:
+                    if time.monotonic() + wait > give_up_at:
                         msg = (
                             f"Smartcar API still failing after {attempt} attempts over "
                             f"max_retry_seconds={budget:g}: {summary}. Rerun later, or raise "
@@ -799,13 +553,13 @@ class ConnectionsStream(RESTStream[str]):
         api_url = self.config["api_url"]
         if isinstance(exc, requests.exceptions.SSLError):
             msg = (
-                f"TLS with {_origin(api_url)} failed: {_network_reason(exc)}. If a proxy "
+                f"TLS with {origin(api_url)} failed: {network_reason(exc)}. If a proxy "
                 "inspects TLS, set REQUESTS_CA_BUNDLE to its CA bundle; otherwise check api_url"
             )
             raise SmartcarAPIError(msg) from exc
         if not self._answered and isinstance(exc, requests.exceptions.ConnectionError):
             msg = (
-                f"cannot reach api_url {api_url}: {_network_reason(exc)}. Check api_url and "
+                f"cannot reach api_url {api_url}: {network_reason(exc)}. Check api_url and "
                 "the network (and HTTPS_PROXY/NO_PROXY if a proxy is needed)"
             )
             raise SmartcarAPIError(msg) from exc
@@ -839,7 +593,7 @@ class ConnectionsStream(RESTStream[str]):
         following it, and a malformed one raises.
 
         Raises:
-            _ResponseTimeout: If the response was not complete within `request_timeout`.
+            ResponseTimeout: If the response was not complete within `request_timeout`.
         """
         request = self.authenticator(prepared_request)
         if self._environment is None:
@@ -847,7 +601,7 @@ class ConnectionsStream(RESTStream[str]):
                 request.url, {}, None, None, None
             )
             self._environment = {key: settings[key] for key in ("proxies", "verify", "cert")}
-        with _deadline(self.timeout) as expired:
+        with deadline(self.timeout) as expired:
             try:
                 response = self.requests_session.get_adapter(request.url or "").send(
                     request,
@@ -856,11 +610,11 @@ class ConnectionsStream(RESTStream[str]):
                     **self._environment,
                 )
                 self._answered = True
-                response._content = _read_body(response)
+                response._content = read_body(response)
             except (requests.exceptions.RequestException, OSError) as exc:
                 if expired():
                     msg = f"ReadTimeout: no complete response in request_timeout={self.timeout} s"
-                    raise _ResponseTimeout(msg) from exc
+                    raise ResponseTimeout(msg) from exc
                 raise
         self._write_request_duration_log(
             endpoint=self.path, response=response, context=context, extra_tags=None
@@ -879,11 +633,11 @@ class ConnectionsStream(RESTStream[str]):
         status = response.status_code
         if status < HTTPStatus.OK or HTTPStatus.MULTIPLE_CHOICES <= status < HTTPStatus.BAD_REQUEST:
             location = response.headers.get("Location")
-            where = f", a redirect to {_origin(location)}" if location else ""
+            where = f", a redirect to {origin(location)}" if location else ""
             msg = (
-                f"Smartcar API answered {status} {_printable(response.reason, 60)}{where}, not "
+                f"Smartcar API answered {status} {printable(response.reason, 60)}{where}, not "
                 "data; the tap follows no redirect (it would carry the token elsewhere). Check "
-                f"api_url (now {_origin(str(self.config['api_url']))})"
+                f"api_url (now {origin(str(self.config['api_url']))})"
             )
             raise SmartcarAPIError(msg)
         if status == HTTPStatus.TOO_MANY_REQUESTS or status >= HTTPStatus.INTERNAL_SERVER_ERROR:
@@ -915,24 +669,24 @@ class ConnectionsStream(RESTStream[str]):
             The page's records and the next page's cursor (None on the last page).
 
         Raises:
-            _UnexpectedBody: If the body is not the documented JSON.
+            BrokenBody: If the body is not the documented JSON.
         """
         try:
             page = _PAGE_DECODER.decode(response.content)
             items = page.connections
             stamps = _normalize_timestamps([item.connected_at for item in items])
         except (msgspec.DecodeError, ValueError, RecursionError) as exc:
-            reason = _printable(str(exc), 200)
+            reason = printable(str(exc), 200)
             msg = (
                 f"{response.status_code} with a body that is not the expected connections "
                 f"JSON ({reason})"
             )
-            raise _UnexpectedBody(msg, response) from exc
+            raise BrokenBody(msg, response) from exc
         cursor = page.paging.cursor if isinstance(page.paging, _Paging) else msgspec.UNSET
         if cursor is msgspec.UNSET or cursor == "":
             # Only an explicit null proves the last page; a proxy or a bug may drop `paging`.
             msg = f"{response.status_code} with no usable paging.cursor (not even null)"
-            raise _UnexpectedBody(msg, response)
+            raise BrokenBody(msg, response)
         records = [
             {
                 "userId": item.user_id,

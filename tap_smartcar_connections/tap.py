@@ -29,11 +29,9 @@ from tap_smartcar_connections.client import (
     DownstreamError,
     SmartcarError,
     Writer,
-    install_log_redaction,
     normalize_timestamp,
-    redact,
-    register_secret,
 )
+from tap_smartcar_connections.transport import install_log_redaction, redact, register_secret
 
 if t.TYPE_CHECKING:
     from types import FrameType
