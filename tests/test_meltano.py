@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import typing as t
@@ -398,3 +400,78 @@ def test_full_refresh_into_postgres_removes_disconnected_vehicles_only_after_a_c
     assert [r.status for r in simulator.requests] == [200, 500]
     assert active(after_failure) == active(hard)
     assert after_failure.keys() == hard.keys()
+
+
+def readme_config_commands() -> list[str]:
+    """The `meltano config set` lines of the README's shell blocks, without their comments."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    return [
+        line.split("  #", 1)[0].strip()
+        for block in blocks
+        for line in block.splitlines()
+        if line.startswith(".venv/bin/meltano config set ")
+    ]
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path) -> MeltanoProject:
+    """The repository's meltano.yml alone in a directory, with `.venv/bin/meltano` at hand."""
+    shutil.copy(ROOT / "meltano.yml", tmp_path / "meltano.yml")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "meltano").symlink_to(MELTANO)
+    return MeltanoProject(tmp_path)
+
+
+def test_the_readmes_config_commands_leave_meltano_yml_unchanged(
+    project_copy: MeltanoProject,
+) -> None:
+    original = (ROOT / "meltano.yml").read_bytes()
+    commands = readme_config_commands()
+    commands += [
+        ".venv/bin/meltano config set --store=dotenv target-postgres host db.example.com",
+        ".venv/bin/meltano config set tap-smartcar-connections management_token x",
+    ]
+    values = {"token": TOKEN, "PGPASSWORD": PASSWORD}
+
+    for command in commands:
+        proc = subprocess.run(
+            ["bash", "-c", command],
+            cwd=project_copy.root,
+            env={**clean_environment(), **values},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, f"{command}: {proc.stderr[-2000:]}"
+        assert (project_copy.root / "meltano.yml").read_bytes() == original, command
+    printed = project_copy.run("config", "print", "target-postgres")
+    dotenv = (project_copy.root / ".env").read_text()
+
+    assert len(commands) >= 7, commands
+    assert any("target-postgres port" in c for c in commands)
+    assert printed.returncode == 0, failed(printed)
+    assert json.loads(printed.stdout)["host"] == "db.example.com"
+    for name in ("HOST", "PORT", "USER", "DATABASE", "PASSWORD"):
+        assert f"TARGET_POSTGRES_{name}=" in dotenv
+    assert "TAP_SMARTCAR_CONNECTIONS_MANAGEMENT_TOKEN='x'" in dotenv
+
+
+def test_meltano_yml_is_in_the_form_meltano_writes(project_copy: MeltanoProject) -> None:
+    """A plain `config set` into meltano.yml adds its one line and rewrites nothing else."""
+    meltano_yml = project_copy.root / "meltano.yml"
+    original = meltano_yml.read_text()
+    hint = (
+        "meltano.yml is not in the form Meltano writes: let Meltano rewrite a copy "
+        "(`meltano config set target-postgres host h`, then `unset`) and commit that"
+    )
+
+    stored = project_copy.run("config", "set", "target-postgres", "host", "db.example.com")
+    written = meltano_yml.read_text()
+    removed = project_copy.run("config", "unset", "target-postgres", "host")
+
+    assert stored.returncode == 0, failed(stored)
+    assert removed.returncode == 0, failed(removed)
+    assert written.replace("      host: db.example.com\n", "", 1) == original, hint
+    assert written != original
+    assert meltano_yml.read_text() == original, hint
