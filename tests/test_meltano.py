@@ -1,4 +1,4 @@
-"""End to end through real Meltano: the repository's meltano.yml, jsonl and PostgreSQL.
+"""End to end through real Meltano: the repository's meltano.yml, DuckDB, jsonl and PostgreSQL.
 
 One throwaway Meltano project per session (a copy of meltano.yml whose tap installs from this
 checkout), `meltano install` once, Meltano's own state store, and a simulator per test whose
@@ -174,6 +174,9 @@ def test_meltano_yml_needs_no_hub_and_defines_the_schedules() -> None:
         assert "inherit_from" in plugin or {"namespace", "pip_url"} <= plugin.keys()
     assert loaders["target-postgres"]["pip_url"] == "meltanolabs-target-postgres==0.8.1"
     assert loaders["target-jsonl"]["pip_url"].startswith("target-jsonl==")
+    # duckdb >= 1.3 makes target-duckdb 0.8.0 drop the first row of every batch.
+    assert loaders["target-duckdb"]["pip_url"] == "target-duckdb==0.8.0 duckdb==1.2.2"
+    assert loaders["target-duckdb"]["variant"] == "jwills"
     assert full["inherit_from"] == "tap-smartcar-connections"
     assert full["metadata"] == {"connections": {"replication-method": "FULL_TABLE"}}
     assert full["config"]["emit_activate_version_messages"] is True
@@ -400,6 +403,77 @@ def test_full_refresh_into_postgres_removes_disconnected_vehicles_only_after_a_c
     assert [r.status for r in simulator.requests] == [200, 500]
     assert active(after_failure) == active(hard)
     assert after_failure.keys() == hard.keys()
+
+
+def duckdb_rows(project: MeltanoProject, path: Path, sql: str) -> list[list[t.Any]]:
+    """Run SQL on a DuckDB file with the duckdb package that target-duckdb was installed with."""
+    python = project.root / ".meltano" / "loaders" / "target-duckdb" / "venv" / "bin" / "python"
+    script = (
+        "import duckdb, json, sys\n"
+        "with duckdb.connect(sys.argv[1], read_only=True) as db:\n"
+        "    print(json.dumps(db.sql(sys.argv[2]).fetchall(), default=str))\n"
+    )
+    proc = subprocess.run(
+        [python, "-c", script, path, sql], capture_output=True, text=True, timeout=60, check=True
+    )
+    rows: list[list[t.Any]] = json.loads(proc.stdout)
+    return rows
+
+
+def duckdb_connections(project: MeltanoProject, path: Path) -> list[Row]:
+    """Every row of the loaded `connections` table, `connectedAt` in the tap's UTC form."""
+    rows = duckdb_rows(
+        project,
+        path,
+        "SELECT userid, vehicleid, strftime(connectedat, '%Y-%m-%dT%H:%M:%S.%fZ'), mode "
+        "FROM main.connections",
+    )
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def test_runs_into_duckdb_keep_one_row_per_connection(
+    meltano_project: MeltanoProject, tmp_path: Path
+) -> None:
+    database = tmp_path / "smartcar.duckdb"
+    simulator = recent_simulator(300, seed=9)
+    try:
+        env = {
+            **tap_env(simulator, "duckdb"),
+            "TARGET_DUCKDB_FILEPATH": str(database),
+            # Several batches: target-duckdb 0.8.0 with duckdb >= 1.3 loses each one's first row.
+            "TARGET_DUCKDB_BATCH_SIZE_ROWS": "100",
+        }
+        first = meltano_project.run("run", "tap-smartcar-connections", "target-duckdb", env=env)
+        assert first.returncode == 0, failed(first)
+        loaded = duckdb_connections(meltano_project, database)
+        assert len(loaded) == len(simulator) == 300
+        assert set(loaded) == served(simulator)
+
+        rereads = at_bookmarks(simulator)
+        new = connect_new(simulator, 6)
+        second = meltano_project.run("run", "tap-smartcar-connections", "target-duckdb", env=env)
+        assert second.returncode == 0, failed(second)
+        again = duckdb_connections(meltano_project, database)
+
+        # A full refresh sends every connection again, and ACTIVATE_VERSION after it, which
+        # target-duckdb ignores: a vehicle disconnected in the meantime keeps its row.
+        gone = simulator.connections()[0]
+        assert simulator.remove(gone["userId"], gone["vehicleId"])
+        full = meltano_project.run(
+            "run", "tap-smartcar-connections--full", "target-duckdb", env=env
+        )
+        assert full.returncode == 0, failed(full)
+        refreshed = duckdb_connections(meltano_project, database)
+    finally:
+        simulator.stop()
+
+    assert rereads
+    assert f"Loading {len(new | rereads)} rows" in second.stderr
+    assert len(again) == 306
+    assert set(again) == served(simulator) | {
+        (gone["userId"], gone["vehicleId"], normalize_timestamp(gone["connectedAt"]), gone["mode"])
+    }
+    assert sorted(refreshed) == sorted(again)
 
 
 def readme_config_commands() -> list[str]:
