@@ -29,6 +29,8 @@ from tap_smartcar_connections.simulator import SmartcarSimulator, generate_conne
 from .conftest import ROOT, TOKEN
 from .postgres import PASSWORD, Postgres, postgres  # noqa: F401  (the session fixture)
 
+pytestmark = pytest.mark.e2e
+
 MELTANO = Path(sys.executable).with_name("meltano")
 HUB_FILE = ROOT / "hub" / "extractors" / "tap-smartcar-connections" / "smartcar-connections.yml"
 Key = tuple[str, str]
