@@ -21,7 +21,7 @@ case "$loader" in
 esac
 source scripts/setup.sh
 meltano=.venv/bin/meltano
-echo "Installing the Meltano plugins tap-smartcar-connections and $loader (about 30 s the first time)..." >&2
+echo "Installing the Meltano plugins tap-smartcar-connections and $loader (10 to 30 s the first time)..." >&2
 $meltano install tap-smartcar-connections "$loader"
 
 has_token=$($meltano config print tap-smartcar-connections 2>/dev/null \
