@@ -443,7 +443,9 @@ def test_runs_into_duckdb_keep_one_row_per_connection(
             **tap_env(simulator, "duckdb"),
             "TARGET_DUCKDB_FILEPATH": str(database),
             # Several batches: target-duckdb 0.8.0 with duckdb >= 1.3 loses each one's first row.
-            "TARGET_DUCKDB_BATCH_SIZE_ROWS": "100",
+            # Not a divisor of 300: when a run's last record fills a batch, target-duckdb 0.8.0
+            # forwards the STATE of that flush and drops the tap's later, final STATE.
+            "TARGET_DUCKDB_BATCH_SIZE_ROWS": "128",
         }
         first = meltano_project.run("run", "tap-smartcar-connections", "target-duckdb", env=env)
         assert first.returncode == 0, failed(first)
