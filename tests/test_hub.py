@@ -132,7 +132,7 @@ def test_the_hub_definition_says_what_the_tap_says(
     assert definition["namespace"] == extractor["namespace"]
     assert definition["executable"] == extractor["executable"] == about["name"]
     assert definition["settings"] == expected_meltano_settings() == extractor["settings"]
-    assert settings["management_token"]["kind"] == "password"
+    assert settings["management_token"]["kind"] == "string"
     assert settings["management_token"]["sensitive"] is True
     assert definition["settings_group_validation"] == extractor["settings_group_validation"]
     assert definition["settings_group_validation"] == [

@@ -1,4 +1,4 @@
-"""End to end through real Meltano: the repository's meltano.yml, jsonl and PostgreSQL.
+"""End to end through real Meltano: the repository's meltano.yml, DuckDB, jsonl and PostgreSQL.
 
 One throwaway Meltano project per session (a copy of meltano.yml whose tap installs from this
 checkout), `meltano install` once, Meltano's own state store, and a simulator per test whose
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import typing as t
@@ -26,6 +28,8 @@ from tap_smartcar_connections.simulator import SmartcarSimulator, generate_conne
 
 from .conftest import ROOT, TOKEN
 from .postgres import PASSWORD, Postgres, postgres  # noqa: F401  (the session fixture)
+
+pytestmark = pytest.mark.e2e
 
 MELTANO = Path(sys.executable).with_name("meltano")
 HUB_FILE = ROOT / "hub" / "extractors" / "tap-smartcar-connections" / "smartcar-connections.yml"
@@ -172,6 +176,9 @@ def test_meltano_yml_needs_no_hub_and_defines_the_schedules() -> None:
         assert "inherit_from" in plugin or {"namespace", "pip_url"} <= plugin.keys()
     assert loaders["target-postgres"]["pip_url"] == "meltanolabs-target-postgres==0.8.1"
     assert loaders["target-jsonl"]["pip_url"].startswith("target-jsonl==")
+    # duckdb >= 1.3 makes target-duckdb 0.8.0 drop the first row of every batch.
+    assert loaders["target-duckdb"]["pip_url"] == "target-duckdb==0.8.0 duckdb==1.2.2"
+    assert loaders["target-duckdb"]["variant"] == "jwills"
     assert full["inherit_from"] == "tap-smartcar-connections"
     assert full["metadata"] == {"connections": {"replication-method": "FULL_TABLE"}}
     assert full["config"]["emit_activate_version_messages"] is True
@@ -398,3 +405,151 @@ def test_full_refresh_into_postgres_removes_disconnected_vehicles_only_after_a_c
     assert [r.status for r in simulator.requests] == [200, 500]
     assert active(after_failure) == active(hard)
     assert after_failure.keys() == hard.keys()
+
+
+def duckdb_rows(project: MeltanoProject, path: Path, sql: str) -> list[list[t.Any]]:
+    """Run SQL on a DuckDB file with the duckdb package that target-duckdb was installed with."""
+    python = project.root / ".meltano" / "loaders" / "target-duckdb" / "venv" / "bin" / "python"
+    script = (
+        "import duckdb, json, sys\n"
+        "with duckdb.connect(sys.argv[1], read_only=True) as db:\n"
+        "    print(json.dumps(db.sql(sys.argv[2]).fetchall(), default=str))\n"
+    )
+    proc = subprocess.run(
+        [python, "-c", script, path, sql], capture_output=True, text=True, timeout=60, check=True
+    )
+    rows: list[list[t.Any]] = json.loads(proc.stdout)
+    return rows
+
+
+def duckdb_connections(project: MeltanoProject, path: Path) -> list[Row]:
+    """Every row of the loaded `connections` table, `connectedAt` in the tap's UTC form."""
+    rows = duckdb_rows(
+        project,
+        path,
+        "SELECT userid, vehicleid, strftime(connectedat, '%Y-%m-%dT%H:%M:%S.%fZ'), mode "
+        "FROM main.connections",
+    )
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def test_runs_into_duckdb_keep_one_row_per_connection(
+    meltano_project: MeltanoProject, tmp_path: Path
+) -> None:
+    database = tmp_path / "smartcar.duckdb"
+    simulator = recent_simulator(300, seed=9)
+    try:
+        env = {
+            **tap_env(simulator, "duckdb"),
+            "TARGET_DUCKDB_FILEPATH": str(database),
+            # Several batches: target-duckdb 0.8.0 with duckdb >= 1.3 loses each one's first row.
+            # Not a divisor of 300: when a run's last record fills a batch, target-duckdb 0.8.0
+            # forwards the STATE of that flush and drops the tap's later, final STATE.
+            "TARGET_DUCKDB_BATCH_SIZE_ROWS": "128",
+        }
+        first = meltano_project.run("run", "tap-smartcar-connections", "target-duckdb", env=env)
+        assert first.returncode == 0, failed(first)
+        loaded = duckdb_connections(meltano_project, database)
+        assert len(loaded) == len(simulator) == 300
+        assert set(loaded) == served(simulator)
+
+        rereads = at_bookmarks(simulator)
+        new = connect_new(simulator, 6)
+        second = meltano_project.run("run", "tap-smartcar-connections", "target-duckdb", env=env)
+        assert second.returncode == 0, failed(second)
+        again = duckdb_connections(meltano_project, database)
+
+        # A full refresh sends every connection again, and ACTIVATE_VERSION after it, which
+        # target-duckdb ignores: a vehicle disconnected in the meantime keeps its row.
+        gone = simulator.connections()[0]
+        assert simulator.remove(gone["userId"], gone["vehicleId"])
+        full = meltano_project.run(
+            "run", "tap-smartcar-connections--full", "target-duckdb", env=env
+        )
+        assert full.returncode == 0, failed(full)
+        refreshed = duckdb_connections(meltano_project, database)
+    finally:
+        simulator.stop()
+
+    assert rereads
+    assert f"Loading {len(new | rereads)} rows" in second.stderr
+    assert len(again) == 306
+    assert set(again) == served(simulator) | {
+        (gone["userId"], gone["vehicleId"], normalize_timestamp(gone["connectedAt"]), gone["mode"])
+    }
+    assert sorted(refreshed) == sorted(again)
+
+
+def readme_config_commands() -> list[str]:
+    """The `meltano config set` lines of the README's shell blocks, without their comments."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    return [
+        line.split("  #", 1)[0].strip()
+        for block in blocks
+        for line in block.splitlines()
+        if line.startswith(".venv/bin/meltano config set ")
+    ]
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path) -> MeltanoProject:
+    """The repository's meltano.yml alone in a directory, with `.venv/bin/meltano` at hand."""
+    shutil.copy(ROOT / "meltano.yml", tmp_path / "meltano.yml")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "meltano").symlink_to(MELTANO)
+    return MeltanoProject(tmp_path)
+
+
+def test_the_readmes_config_commands_leave_meltano_yml_unchanged(
+    project_copy: MeltanoProject,
+) -> None:
+    original = (ROOT / "meltano.yml").read_bytes()
+    commands = readme_config_commands()
+    commands += [
+        ".venv/bin/meltano config set --store=dotenv target-postgres host db.example.com",
+        ".venv/bin/meltano config set tap-smartcar-connections management_token x",
+    ]
+    values = {"token": TOKEN, "PGPASSWORD": PASSWORD}
+
+    for command in commands:
+        proc = subprocess.run(
+            ["bash", "-c", command],
+            cwd=project_copy.root,
+            env={**clean_environment(), **values},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, f"{command}: {proc.stderr[-2000:]}"
+        assert (project_copy.root / "meltano.yml").read_bytes() == original, command
+    printed = project_copy.run("config", "print", "target-postgres")
+    dotenv = (project_copy.root / ".env").read_text()
+
+    assert len(commands) >= 7, commands
+    assert any("target-postgres port" in c for c in commands)
+    assert printed.returncode == 0, failed(printed)
+    assert json.loads(printed.stdout)["host"] == "db.example.com"
+    for name in ("HOST", "PORT", "USER", "DATABASE", "PASSWORD"):
+        assert f"TARGET_POSTGRES_{name}=" in dotenv
+    assert "TAP_SMARTCAR_CONNECTIONS_MANAGEMENT_TOKEN='x'" in dotenv
+
+
+def test_meltano_yml_is_in_the_form_meltano_writes(project_copy: MeltanoProject) -> None:
+    """A plain `config set` into meltano.yml adds its one line and rewrites nothing else."""
+    meltano_yml = project_copy.root / "meltano.yml"
+    original = meltano_yml.read_text()
+    hint = (
+        "meltano.yml is not in the form Meltano writes: let Meltano rewrite a copy "
+        "(`meltano config set target-postgres host h`, then `unset`) and commit that"
+    )
+
+    stored = project_copy.run("config", "set", "target-postgres", "host", "db.example.com")
+    written = meltano_yml.read_text()
+    removed = project_copy.run("config", "unset", "target-postgres", "host")
+
+    assert stored.returncode == 0, failed(stored)
+    assert removed.returncode == 0, failed(removed)
+    assert written.replace("      host: db.example.com\n", "", 1) == original, hint
+    assert written != original
+    assert meltano_yml.read_text() == original, hint

@@ -27,13 +27,15 @@ def config_schema() -> dict[str, t.Any]:
 
 
 def expected_meltano_settings() -> list[dict[str, t.Any]]:
-    """The Meltano setting definitions that the config schema implies, in schema order."""
+    """The Meltano setting definitions that the config schema implies, in schema order.
+
+    Secrets are `kind: string` with `sensitive: true`, the form Meltano 4 writes (it rewrites
+    the older `kind: password` into it whenever it saves `meltano.yml`).
+    """
     result = []
     for name, spec in config_schema()["properties"].items():
         types = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
-        if spec.get("secret"):
-            kind = "password"
-        elif spec.get("format") == "date-time":
+        if spec.get("format") == "date-time":
             kind = "date_iso8601"
         else:
             kind = next(k for k in types if k != "null")

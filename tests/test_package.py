@@ -18,6 +18,8 @@ import pytest
 
 from .conftest import ROOT
 
+pytestmark = pytest.mark.e2e
+
 T = t.TypeVar("T")
 PROJECT: dict[str, t.Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
