@@ -372,7 +372,7 @@ def test_the_token_never_appears_in_any_output_at_debug(
     simulator.faults.truncate_every = 7
     outputs = []
 
-    ok = run_cli(tmp_path, {**config, "page_size": 50}, env=debug)
+    ok = run_cli(tmp_path, {**config, "page_size": 100}, env=debug)
     assert ok.exit_code == 0, ok.stderr
     assert "urllib3" in ok.stderr or "connectionpool" in ok.stderr  # DEBUG really is on
     outputs.append(json.dumps(ok.messages) + ok.stderr)
