@@ -553,3 +553,105 @@ def test_meltano_yml_is_in_the_form_meltano_writes(project_copy: MeltanoProject)
     assert written.replace("      host: db.example.com\n", "", 1) == original, hint
     assert written != original
     assert meltano_yml.read_text() == original, hint
+
+
+def json_events(stderr: str) -> list[dict[str, t.Any]]:
+    """Meltano's `--log-format=json` records (each plugin's parsed records among them)."""
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def test_the_taps_final_error_reaches_meltano_at_error_level(
+    meltano_project: MeltanoProject, tmp_path: Path
+) -> None:
+    with SmartcarSimulator(generate_connections(20, seed=12), token=TOKEN) as simulator:
+        simulator.faults.force_status = 401
+        env = {**tap_env(simulator, "error-level"), "TARGET_JSONL_DESTINATION_PATH": str(tmp_path)}
+        proc = meltano_project.run(
+            "--log-format=json", "run", "tap-smartcar-connections", "target-jsonl", env=env
+        )
+
+    assert proc.returncode == 1, failed(proc)
+    assert simulator.requests
+    assert {r.status for r in simulator.requests} == {401}
+    finals = [
+        e for e in json_events(proc.stderr) if "tap-smartcar-connections: error:" in e["event"]
+    ]
+    # The tap's own structured record, which Meltano parses (`name`, `app_name` come from the
+    # tap) and re-logs at the tap's level; a plain stderr line would arrive at "info".
+    assert len(finals) == 1, finals
+    (final,) = finals
+    assert final["event"].startswith(
+        "tap-smartcar-connections: error: Smartcar API error 401 AUTHENTICATION"
+    )
+    assert final["level"] == "error", final
+    assert final["name"] == "tap-smartcar-connections"
+    assert final["app_name"] == "singer-sdk"
+    assert final["string_id"] == "tap-smartcar-connections"
+
+
+def test_an_interrupted_meltano_run_is_resumed_from_its_checkpoint_by_the_next(
+    meltano_project: MeltanoProject, tmp_path: Path
+) -> None:
+    start = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=1)
+    rows = generate_connections(200, seed=13, modes=("live",), start=start)
+    simulator = SmartcarSimulator(rows, token=TOKEN)
+    simulator.start()
+    state_id = "dev:tap-smartcar-connections-to-target-jsonl:resume"
+    pages, failing_page = 20, 9  # 200 connections, 10 a page
+    try:
+        env = {
+            **tap_env(simulator, "resume"),
+            "TARGET_JSONL_DESTINATION_PATH": str(tmp_path),
+            "TAP_SMARTCAR_CONNECTIONS_MODES": '["live"]',
+            "TAP_SMARTCAR_CONNECTIONS_PAGE_SIZE": "10",
+            "TAP_SMARTCAR_CONNECTIONS_MAX_RETRY_SECONDS": "0",
+        }
+        output = tmp_path / "connections.jsonl"
+        simulator.faults.fail_after_page = failing_page - 1
+        first = meltano_project.run("run", "tap-smartcar-connections", "target-jsonl", env=env)
+        interrupted = list(simulator.requests)
+        written_first = len(output.read_text().splitlines())
+        saved = meltano_project.run("state", "get", state_id, env=env)
+
+        simulator.faults.fail_after_page = None
+        simulator.clear_log()
+        second = meltano_project.run("run", "tap-smartcar-connections", "target-jsonl", env=env)
+        resumed = list(simulator.requests)
+        final = meltano_project.run("state", "get", state_id, env=env)
+    finally:
+        simulator.stop()
+
+    assert first.returncode == 1
+    assert "still failing after 1 attempts" in first.stderr
+    assert [r.status for r in interrupted] == [200] * (failing_page - 1) + [500]
+    assert written_first == 10 * (failing_page - 1)
+    # Meltano keeps the STATE the target forwarded before the tap failed: the checkpoint names
+    # the page that failed, and the bookmark has not moved.
+    assert saved.returncode == 0, failed(saved)
+    (partition,) = json.loads(saved.stdout)["singer_state"]["bookmarks"]["connections"][
+        "partitions"
+    ]
+    assert partition["context"] == {"mode": "live"}
+    assert "replication_key_value" not in partition
+    checkpoint = partition["checkpoint"]
+    assert checkpoint["cursor"] == interrupted[-1].params["cursor"]
+    assert checkpoint["page_size"] == 10
+
+    assert second.returncode == 0, failed(second)
+    assert all(r.status == 200 for r in resumed)
+    cursors = [r.params.get("cursor") for r in resumed]
+    # The new head down to the newest instant already seen, then on from the saved cursor:
+    # at most (P - p) + 2 requests (README), where a read from the top would take all 20.
+    # (From the top, the walk would also reach that cursor, but only at its 9th request.)
+    assert checkpoint["cursor"] in cursors[:2], cursors
+    assert cursors.count(None) <= 1
+    assert len(resumed) <= (pages - (failing_page - 1)) + 2, len(resumed)
+    loaded = [json.loads(line) for line in output.read_text().splitlines()]
+    assert {(r["userId"], r["vehicleId"]) for r in loaded} == {
+        (c["userId"], c["vehicleId"]) for c in rows
+    }
+    # The failed page delivered nothing and nothing new arrived: nothing is sent twice here.
+    assert len(loaded) == len(rows)
+    (done,) = json.loads(final.stdout)["singer_state"]["bookmarks"]["connections"]["partitions"]
+    assert "checkpoint" not in done
+    assert done["replication_key_value"] == max(normalize_timestamp(c["connectedAt"]) for c in rows)
