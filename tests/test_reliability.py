@@ -382,6 +382,7 @@ def test_the_token_never_appears_in_any_output_at_debug(
     simulator.faults.fail_after_page = 0
     outputs.append(run_cli(tmp_path, {**config, "max_retry_seconds": 0}, env=debug).stderr)
     outputs.append(run_cli(tmp_path, {**config, "page_size": 0}, env=debug).stderr)
+    simulator.faults.fail_after_page = None
     for args in (["--about"], ["--about", "--format", "json"], ["--discover"], ["--test"]):
         (tmp_path / "config.json").write_text(json.dumps(config))
         proc = subprocess.run(
