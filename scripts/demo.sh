@@ -96,6 +96,6 @@ if newest:
     print(f"Newest connection: {connected_at} {mode} user {user_id} vehicle {vehicle_id}")
 query = f'import duckdb; db = duckdb.connect("{path}"); db.sql("FROM connections LIMIT 5").show()'
 print(f"Query it yourself: .meltano/loaders/target-duckdb/venv/bin/python -c {shlex.quote(query)}")
-print("Run it again: only connections newer than each mode's bookmark (plus ties) are read,")
+print("Run it again: only connections newer than each mode's bookmark are read,")
 print("and target-duckdb upserts them on (userId, vehicleId): the counts stay the same.")
 PY
