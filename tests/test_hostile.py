@@ -75,6 +75,9 @@ class Hostile:
                 index = len(hostile.requests)
                 hostile.requests.append((time.monotonic(), self.path, dict(self.headers)))
                 reply = hostile.reply(index, self.path)
+                if reply.status == 0:
+                    self.close_connection = True
+                    return
                 try:
                     self.send_response(reply.status)
                     chunks = reply.body if isinstance(reply.body, list) else [reply.body]
@@ -682,16 +685,23 @@ def test_the_first_request_failing_to_connect_is_reported_at_once(tmp_path: Path
 
 
 def test_a_connection_failure_after_the_first_answer_is_retried(
-    tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any]
+    tmp_path: Path, hostile: t.Any
 ) -> None:
-    simulator.faults.chaos_rate = 0.0
-    first = run_cli(tmp_path, {**config, "page_size": 50})
-    assert first.exit_code == 0, first.stderr
-    # resets after the first answer are the simulator's "reset" fault, retried as before
-    simulator.clear_log()
-    simulator.faults.error_every = 3
-    again = run_cli(tmp_path, {**config, "page_size": 50})
-    assert again.exit_code == 0, again.stderr
+    dropped = Reply(status=0)  # the server closes the connection without an answer
+    server = hostile(
+        [
+            page([conn(2, "2026-01-02T00:00:00Z")], cursor="c2"),
+            dropped,
+            page([conn(1, "2026-01-01T00:00:00Z")]),
+        ]
+    )
+
+    run = run_cli(tmp_path, settings(server))
+
+    assert run.exit_code == 0, run.stderr
+    assert run.pairs() == [("user-2", "vehicle-2"), ("user-1", "vehicle-1")]
+    assert len(server.requests) == 3
+    assert sum("retrying in" in line for line in run.stderr.splitlines()) == 1
 
 
 @pytest.fixture(scope="module")
