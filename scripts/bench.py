@@ -12,6 +12,17 @@ every response a 200); the script exits non-zero if any check fails. Timings are
 process start to exit, so the tap's import time counts. Peak RSS is the child's `VmHWM`.
 
     .venv/bin/python scripts/bench.py [--connections N] [--pairs K]
+
+`--scenario resume` instead measures an interrupted first sync of N live connections under
+Smartcar's rate-limit bucket (120 requests, refilled at 2 a minute), the refill sped up
+`--time-scale` times: the tap is stopped (SIGTERM, or a permanent 500 with
+`--interrupt error`) after `--interrupt-at` of the pages, then rerun twice from the same,
+drained bucket: with the last STATE as emitted (resume), and with its `checkpoint` removed
+(restart, what the previous release did). It reports requests, wall time (and the real time it
+stands for), records, and exits non-zero unless every connection was delivered by the
+interrupted run and each rerun together.
+
+    .venv/bin/python scripts/bench.py --scenario resume [--connections N] [--time-scale S]
 """
 
 from __future__ import annotations
@@ -62,7 +73,7 @@ class Run:
 class Simulator:
     """The simulator as a separate process, with its admin endpoints."""
 
-    def __init__(self, connections: int) -> None:
+    def __init__(self, connections: int, extra: t.Sequence[str] = ()) -> None:
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -72,6 +83,7 @@ class Simulator:
                 str(connections),
                 "--token",
                 TOKEN,
+                *extra,
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -98,6 +110,34 @@ class Simulator:
         response.raise_for_status()
         entries: list[dict[str, t.Any]] = response.json()
         return entries
+
+    def set_faults(self, **faults: t.Any) -> None:
+        """Replace the fault knobs (omitted ones go back to their defaults).
+
+        The token bucket keeps its tokens as long as its capacity does not change.
+        """
+        response = self.session.put(f"{self.admin_url}/faults", json=faults, timeout=60)
+        response.raise_for_status()
+
+    def drain_bucket(self) -> int:
+        """Take the rate-limit bucket's tokens until it answers 429; return the requests made.
+
+        The simulator has no admin route to set the bucket, and a new simulator process would
+        start with a full bucket and a new cursor key (refusing the checkpoint's cursor), so the
+        bucket is emptied by requests of one connection each. Call `clear_log` afterwards.
+        """
+        made = 0
+        while True:
+            response = self.session.get(
+                f"{self.api_url}/management/connections",
+                params={"limit": "1", "mode": "live"},
+                auth=("default", TOKEN),
+                timeout=60,
+            )
+            made += 1
+            if response.status_code == 429:
+                return made
+            response.raise_for_status()
 
     def stop(self) -> None:
         """Stop the simulator process."""
@@ -244,17 +284,315 @@ def summarise(pairs: list[tuple[Run, Run]], connections: int) -> None:
     print(f"tap requests:        {requests_text}")
 
 
+@dataclass
+class Leg:
+    """One tap run of the resume scenario: what it wrote and what the simulator logged."""
+
+    name: str
+    seconds: float
+    exit_code: int
+    records: int = 0
+    keys: set[tuple[str, str]] = field(default_factory=set)
+    last_state: dict[str, t.Any] | None = None
+    statuses: dict[int, int] = field(default_factory=dict)
+    waited: float = 0.0
+    """Seconds between each 429 and the request after it."""
+    start_tokens: float = 0.0
+    """Tokens in the bucket when the run started."""
+
+    @property
+    def requests(self) -> int:
+        """Every API request the simulator logged for the run."""
+        return sum(self.statuses.values())
+
+    @property
+    def pages(self) -> int:
+        """Requests answered 200."""
+        return self.statuses.get(200, 0)
+
+    def real(self, refill_per_minute: float) -> float:
+        """The wall time the run stands for at Smartcar's real refill rate.
+
+        The run's own work (wall time less the waits after 429s: start-up, requests, output)
+        takes as long at any refill rate; on top of it, the real bucket must refill every page
+        beyond the tokens it started with. At a sped-up refill the bucket also refills during
+        start-up, and Retry-After is whole seconds, so scaling the measured waits would not do.
+
+        Args:
+            refill_per_minute: The real refill rate.
+        """
+        refills = max(0.0, self.pages - self.start_tokens) * 60 / refill_per_minute
+        return self.seconds - self.waited + refills
+
+
+def run_leg(
+    name: str,
+    command: list[str],
+    workdir: Path,
+    timeout: float,
+    interrupt: t.Callable[[], bool] | None = None,
+) -> Leg:
+    """Run the tap to exit, sending SIGTERM once `interrupt()` is true; parse what it wrote."""
+    out_path, err_path = workdir / f"{name}.jsonl", workdir / f"{name}.stderr"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err)
+        while True:
+            try:
+                process.wait(timeout=0.05)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if time.perf_counter() - started > timeout:
+                process.kill()
+            elif interrupt is not None and interrupt():
+                process.send_signal(signal.SIGTERM)
+                interrupt = None
+        seconds = time.perf_counter() - started
+    leg = Leg(name, seconds, process.returncode)
+    with out_path.open("rb") as lines:
+        for line in lines:
+            if line.startswith(RECORD_MARK):
+                record = json.loads(line)["record"]
+                leg.records += 1
+                leg.keys.add((record["userId"], record["vehicleId"]))
+            elif line.startswith(b'{"type":"STATE"'):
+                leg.last_state = json.loads(line)["value"]
+    if leg.exit_code not in (0, 1, 128 + signal.SIGTERM):
+        print(err_path.read_text(encoding="utf-8", errors="replace")[-2000:], file=sys.stderr)
+    return leg
+
+
+def log_into(leg: Leg, entries: list[dict[str, t.Any]]) -> None:
+    """Fill in a leg's response statuses and its time spent waiting after 429s."""
+    entries = sorted(entries, key=lambda entry: float(entry["time"]))
+    for entry, following in zip(entries, [*entries[1:], None], strict=True):
+        leg.statuses[entry["status"]] = leg.statuses.get(entry["status"], 0) + 1
+        if entry["status"] == 429 and following is not None:
+            leg.waited += float(following["time"]) - float(entry["time"])
+
+
+def _partitions(state: dict[str, t.Any]) -> list[dict[str, t.Any]]:
+    partitions: list[dict[str, t.Any]] = (
+        state.get("bookmarks", {}).get("connections", {}).get("partitions", [])
+    )
+    return partitions
+
+
+def without_checkpoints(state: dict[str, t.Any]) -> dict[str, t.Any]:
+    """The state as the previous release would have left it: no partition's `checkpoint`."""
+    state = json.loads(json.dumps(state))
+    for partition in _partitions(state):
+        partition.pop("checkpoint", None)
+    return state
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:6.1f} min"
+
+
+def describe_leg(leg: Leg, refill_per_minute: float, extra: str = "") -> str:
+    """One line: requests, wall time (and its real equivalent), records."""
+    others = sum(n for status, n in leg.statuses.items() if status not in (200, 429))
+    other_text = f" + {others} other" if others else ""
+    return (
+        f"  {leg.name:<11} exit {leg.exit_code:>3}  requests {leg.requests:4d} "
+        f"({leg.pages} pages + {leg.statuses.get(429, 0)} 429s{other_text})  "
+        f"wall {leg.seconds:6.1f} s (real {_minutes(leg.real(refill_per_minute))})  "
+        f"records {leg.records:,}{extra}"
+    )
+
+
+def leg_summary(leg: Leg, first: Leg, expected: set[tuple[str, str]]) -> str:
+    """Connections sent again after the interruption, and delivered in all."""
+    twice = len(first.keys & leg.keys) + (leg.records - len(leg.keys))
+    delivered = len(expected & (first.keys | leg.keys))
+    return f" ({twice:,} sent again), {delivered:,}/{len(expected):,} delivered"
+
+
+def check_rerun(leg: Leg, first: Leg, expected: set[tuple[str, str]]) -> list[str]:
+    """What is wrong with a rerun: its exit, its responses, its STATE, connections lost."""
+    problems: list[str] = []
+    missing = len(expected - (first.keys | leg.keys))
+    stray = len((first.keys | leg.keys) - expected)
+    if leg.exit_code != 0:
+        problems.append(f"{leg.name} exit {leg.exit_code}")
+    if missing or stray:
+        problems.append(f"{leg.name}: {missing} connections missing, {stray} unknown")
+    if bad := sorted(set(leg.statuses) - {200, 429}):
+        problems.append(f"{leg.name}: responses {bad}")
+    if any("checkpoint" in part for part in _partitions(leg.last_state or {})):
+        problems.append(f"{leg.name}: the final STATE still has a checkpoint")
+    return problems
+
+
+class ResumeScenario:
+    """An interrupted first sync under the rate-limit bucket, then resume and restart."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args, self.workdir = args, workdir
+        self.scale: float = args.time_scale
+        connections = args.connections or 30_000
+        self.pages = math.ceil(connections / PAGE_SIZE)
+        self.stop_at: int = min(self.pages - 1, max(1, round(self.pages * args.interrupt_at)))
+        self.refill: float = args.refill_per_minute * self.scale
+        # Imported here, not at the top: the baseline worker runs this file, and its timing
+        # must not include the simulator module's imports.
+        from tap_smartcar_connections.simulator import generate_connections  # noqa: PLC0415
+
+        data = generate_connections(connections, modes=("live",))
+        self.expected = {(c["userId"], c["vehicleId"]) for c in data}
+        data_path = workdir / "data.json"
+        data_path.write_text(json.dumps(data), encoding="utf-8")
+        self.bucket = {
+            "rate_limit_bucket": args.bucket,
+            "rate_limit_refill_per_minute": self.refill,
+        }
+        print(
+            f"resume scenario: {connections:,} live connections ({self.pages} pages), bucket "
+            f"{args.bucket} refilled at {args.refill_per_minute:g}/min x {self.scale:g} = "
+            f"{self.refill:g}/min, interrupt by {args.interrupt} after page {self.stop_at}",
+            flush=True,
+        )
+        self.simulator = Simulator(
+            0,
+            [
+                *("--data", str(data_path), "--rate-limit-bucket", str(args.bucket)),
+                *("--rate-limit-refill-per-minute", str(self.refill)),
+            ],
+        )
+        config = workdir / "config.json"
+        settings = {
+            "management_token": TOKEN,
+            "api_url": self.simulator.api_url,
+            "modes": ["live"],
+            "page_size": PAGE_SIZE,
+            # Long enough for any one Retry-After, short enough that --interrupt error ends soon.
+            "max_retry_seconds": max(10, math.ceil(3 * 60 / self.refill)),
+        }
+        config.write_text(json.dumps(settings), encoding="utf-8")
+        tap_script = str(Path(sys.executable).with_name("tap-smartcar-connections"))
+        self.command = [tap_script, "--config", str(config)]
+        self.problems: list[str] = []
+
+    def _read_enough(self) -> bool:
+        good = sum(int(entry["status"] == 200) for entry in self.simulator.log())
+        return good >= self.stop_at
+
+    def first_run(self) -> Leg:
+        """Sync from no state with a full bucket, stopped after `stop_at` pages."""
+        sigterm = self.args.interrupt == "sigterm"
+        if not sigterm:
+            self.simulator.set_faults(**self.bucket, fail_after_page=self.stop_at)
+        self.simulator.clear_log()
+        print("first sync, full bucket...", flush=True)
+        first = run_leg(
+            "interrupted",
+            self.command,
+            self.workdir,
+            self.args.timeout,
+            self._read_enough if sigterm else None,
+        )
+        first.start_tokens = self.args.bucket  # a new simulator's bucket is full
+        log_into(first, self.simulator.log())
+        print(describe_leg(first, self.args.refill_per_minute), flush=True)
+        expected_exit = 128 + signal.SIGTERM if sigterm else 1
+        if first.exit_code != expected_exit:
+            self.problems.append(f"interrupted run exit {first.exit_code}, not {expected_exit}")
+        if not any("checkpoint" in part for part in _partitions(first.last_state or {})):
+            self.problems.append("the interrupted run's last STATE has no checkpoint")
+        if not sigterm:
+            self.simulator.set_faults(**self.bucket)
+        return first
+
+    def rerun(self, name: str, state: dict[str, t.Any], first: Leg) -> Leg:
+        """Drain the bucket, then run the tap from `state` and check the union of records."""
+        state_path = self.workdir / f"{name}.state.json"
+        state_path.write_text(json.dumps(state), encoding="utf-8")
+        drained = self.simulator.drain_bucket()
+        self.simulator.clear_log()
+        print(f"{name}: bucket drained ({drained} requests), rerunning...", flush=True)
+        command = [*self.command, "--state", str(state_path)]
+        leg = run_leg(name, command, self.workdir, self.args.timeout)  # starts with 0 tokens
+        log_into(leg, self.simulator.log())
+        summary = leg_summary(leg, first, self.expected)
+        print(describe_leg(leg, self.args.refill_per_minute, summary), flush=True)
+        self.problems += check_rerun(leg, first, self.expected)
+        return leg
+
+    def run(self) -> int:
+        """Run all three legs; return 1 if a check failed."""
+        try:
+            first = self.first_run()
+            state = first.last_state or {}
+            resume = self.rerun("resume", state, first)
+            restart = self.rerun("restart", without_checkpoints(state), first)
+        finally:
+            self.simulator.stop()
+        if resume.pages >= restart.pages:
+            self.problems.append("resuming read as many pages as restarting: no checkpoint used")
+        real = self.args.refill_per_minute
+        print(
+            f"\nresume vs restart: {resume.requests} vs {restart.requests} requests "
+            f"({resume.pages} vs {restart.pages} pages), {resume.seconds:.1f} vs "
+            f"{restart.seconds:.1f} s wall at x{self.scale:g}, standing for "
+            f"{resume.real(real) / 60:.1f} vs {restart.real(real) / 60:.1f} min at "
+            f"{real:g} requests/min",
+            flush=True,
+        )
+        if self.problems:
+            print("\nFAILED: " + "; ".join(self.problems), flush=True)
+            return 1
+        return 0
+
+
+def run_resume_scenario(args: argparse.Namespace) -> int:
+    """Interrupt a rate-limited first sync, then compare resuming with restarting."""
+    with tempfile.TemporaryDirectory(prefix="tap-bench-resume-") as tmp:
+        return ResumeScenario(args, Path(tmp)).run()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return 1 if any run wrote the wrong records or requests."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--connections", type=int, default=100_000, help="simulated connections")
+    parser.add_argument(
+        "--scenario",
+        choices=("sync", "resume"),
+        default="sync",
+        help="sync: tap vs baseline full sync; resume: interrupt, then resume vs restart",
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        help="simulated connections (default 100,000; resume: 30,000 live)",
+    )
     parser.add_argument("--pairs", type=int, default=3, help="alternated baseline/tap pairs")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per run")
+    resume = parser.add_argument_group("resume scenario")
+    resume.add_argument(
+        "--time-scale", type=float, default=60, help="the bucket refills this many times faster"
+    )
+    resume.add_argument("--bucket", type=int, default=120, help="rate-limit bucket capacity")
+    resume.add_argument(
+        "--refill-per-minute", type=float, default=2, help="real refill rate, before scaling"
+    )
+    resume.add_argument(
+        "--interrupt-at", type=float, default=0.8, help="fraction of the pages read first"
+    )
+    resume.add_argument(
+        "--interrupt",
+        choices=("sigterm", "error"),
+        default="sigterm",
+        help="SIGTERM once the simulator logged the pages, or a permanent 500 after them",
+    )
     parser.add_argument("--baseline-worker", metavar="API_URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline_worker:
         run_baseline(args.baseline_worker)
         return 0
+    if args.scenario == "resume":
+        return run_resume_scenario(args)
+    args.connections = args.connections or 100_000
 
     tap_script = str(Path(sys.executable).with_name("tap-smartcar-connections"))
     print(f"Starting the simulator with {args.connections:,} connections...", flush=True)
