@@ -20,6 +20,7 @@ from http import HTTPStatus
 import msgspec
 import pendulum
 import requests
+import urllib3
 from singer_sdk import typing as th
 from singer_sdk.authenticators import BasicAuthenticator
 from singer_sdk.contrib.msgspec import MsgSpecWriter
@@ -512,6 +513,12 @@ class ConnectionsStream(RESTStream[str]):
                 self._pace()
                 try:
                     return func(*args, **kwargs)
+                except (
+                    requests.exceptions.InvalidURL,
+                    urllib3.exceptions.LocationParseError,
+                ) as exc:
+                    msg = f"api_url {self.config['api_url']} cannot be requested: check its host"
+                    raise SmartcarAPIError(msg) from exc
                 except _RETRIABLE as exc:
                     attempt += 1
                     broken += isinstance(exc, BrokenBody)
@@ -822,8 +829,10 @@ class ConnectionsStream(RESTStream[str]):
         head = _Walk(walk.context, checkpoint["newest"], frozenset(checkpoint["newest_keys"]))
         ended = yield from self._read(head, None, None, counter)
         walk.absorb(head, checkpoint)
-        if ended != "floor":
-            return ended  # the list ended above the checkpoint, or a dry run stopped
+        if ended == "cut":
+            return ended
+        # Whatever the head did (even reach the last page, out of order or on a shrunken
+        # list), what lies below the checkpoint's newest instant is only read from its cursor.
         try:
             return (
                 yield from self._read(
@@ -837,6 +846,7 @@ class ConnectionsStream(RESTStream[str]):
                 json.dumps(walk.context),
                 exc,
             )
+            walk.last, walk.unordered = "", head.unordered  # the top is read afresh
             return None
 
     def _read(  # noqa: PLR0912
@@ -994,7 +1004,7 @@ class ConnectionsStream(RESTStream[str]):
                 and isinstance(saved.get("newest_keys"), list)
                 and all(isinstance(key, str) for key in saved["newest_keys"])
                 and isinstance(saved.get("unordered", False), bool)
-                and floor <= normalize_timestamp(saved["last"]) <= self.started
+                and normalize_timestamp(saved["last"]) <= self.started
                 and normalize_timestamp(saved["newest"]) == saved["newest"] <= self.started
             )
         except (KeyError, TypeError, ValueError):

@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import re
 import signal
 import sys
 import typing as t
@@ -330,6 +331,7 @@ def _check_api_url(url: str) -> str | None:
             "must not contain credentials: the token goes in management_token",
         ),
         (port == 0, "has an invalid port"),
+        (not _is_host(parts.hostname or ""), "has an invalid host name"),
         (
             parts.scheme == "http" and not _is_loopback(parts.hostname or ""),
             "must use https:// (http:// sends the token in cleartext; only a loopback host "
@@ -337,6 +339,19 @@ def _check_api_url(url: str) -> str | None:
         ),
     ]
     return next((problem for failed, problem in checks if failed), None)
+
+
+def _is_host(host: str) -> bool:
+    """Whether `host` is an IP address or a DNS name urllib3 can connect to."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            labels = host.encode("idna").decode("ascii").rstrip(".").split(".")
+        except UnicodeError:
+            return False
+        return all(re.fullmatch(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", label) for label in labels)
+    return True
 
 
 def _is_loopback(host: str) -> bool:

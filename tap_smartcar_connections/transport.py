@@ -117,7 +117,10 @@ class _TrackedPool(urllib3.HTTPConnectionPool):
 
     @override
     def _make_request(self, conn: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
-        _IN_FLIGHT[threading.get_ident()] = conn
+        thread = threading.get_ident()
+        if thread in _EXPIRED:  # the deadline passed while connecting (e.g. through a proxy)
+            raise urllib3.exceptions.ReadTimeoutError(self, "", "the request deadline passed")
+        _IN_FLIGHT[thread] = conn
         return super()._make_request(conn, *args, **kwargs)
 
 
@@ -180,16 +183,22 @@ def deadline(seconds: float) -> Iterator[t.Callable[[], bool]]:
 
 
 def _watch() -> None:
+    """Shut down the socket of every request past its deadline, on every tick until it ends.
+
+    A request may have no socket yet when its deadline passes (still connecting): it is cut as
+    soon as it has one, and `_TrackedPool` refuses to start a new request on it.
+    """
     while True:
         time.sleep(_WATCHDOG_TICK)
         now = time.monotonic()
         for thread, when in list(_DEADLINES.items()):
-            if when <= now and _DEADLINES.pop(thread, None) is not None:
-                _EXPIRED.add(thread)
-                sock = getattr(_IN_FLIGHT.get(thread), "sock", None)
-                if sock is not None:
-                    with contextlib.suppress(OSError):  # not SSLSocket's: it drops TLS state
-                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            if when > now or _DEADLINES.get(thread) != when:
+                continue  # not yet, or that request ended and another began
+            _EXPIRED.add(thread)
+            sock = getattr(_IN_FLIGHT.get(thread), "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):  # not SSLSocket's: it drops TLS state
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def read_body(response: requests.Response) -> bytes:

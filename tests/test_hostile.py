@@ -254,6 +254,31 @@ def test_out_of_order_pages_lose_no_connection(tmp_path: Path, hostile: t.Any) -
     assert sum("not newest first" in line for line in run.stderr.splitlines()) == 1
 
 
+def test_a_resume_whose_new_head_is_out_of_order_still_reads_below_the_checkpoint(
+    tmp_path: Path, hostile: t.Any
+) -> None:
+    def script(index: int, path: str) -> Reply:
+        if index == 0:
+            return page([conn(10, "2026-01-10T00:00:00Z"), conn(9, "2026-01-09T00:00:00Z")], "c2")
+        if index == 1:
+            return Reply(status=500, body=b"{}")
+        if "cursor=c2" in path:
+            return page([conn(8, "2026-01-08T00:00:00Z"), conn(7, "2026-01-07T00:00:00Z")], "c3")
+        if "cursor=c3" in path:
+            return page([conn(6, "2026-01-06T00:00:00Z")])
+        return page([conn(11, "2026-01-11T00:00:00Z"), conn(12, "2026-01-12T00:00:00Z")])
+
+    server = hostile(script)
+    failed = run_cli(tmp_path, settings(server, max_retry_seconds=0, page_size=2))
+    assert failed.exit_code == 1
+
+    rerun = run_cli(tmp_path, settings(server, page_size=2), state=failed.state)
+
+    assert rerun.exit_code == 0, rerun.stderr
+    assert {r["vehicleId"] for r in rerun.records} == {f"vehicle-{n}" for n in (12, 11, 8, 7, 6)}
+    assert live_bookmark(rerun) == "2026-01-12T00:00:00.000000Z"
+
+
 def test_in_order_pages_still_stop_at_the_bookmark(tmp_path: Path, hostile: t.Any) -> None:
     server = hostile(
         [
@@ -493,6 +518,9 @@ def test_a_deeply_nested_body_is_an_error_not_a_crash(tmp_path: Path, hostile: t
         ("https://management.smartcar.com/v2.0#top", "query or fragment"),
         ("https://user:pw@management.smartcar.com/v2.0", "credentials"),
         ("http://management.smartcar.com/v2.0", "cleartext"),
+        ("https://a..b/v2.0", "invalid host name"),
+        ("https://" + "a" * 70 + ".com/v2.0", "invalid host name"),
+        ("https://exa%mple.com/v2.0", "invalid host name"),
     ],
 )
 def test_a_bad_api_url_is_a_config_error_before_any_request(

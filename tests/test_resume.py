@@ -297,3 +297,55 @@ def test_a_healthy_run_has_no_unsorted_stream_warning(
     assert run.exit_code == 0, run.stderr
     assert "assumed to be unsorted" not in run.stderr
     assert "WARNING" not in run.stderr
+
+
+def test_a_resume_after_a_shrunken_list_still_reads_below_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    # The head's crossing page is also the last one (a connection was removed in between):
+    # what the interrupted walk had not reached is still read from the checkpoint's cursor.
+    data = [
+        {
+            "userId": f"u{i}",
+            "vehicleId": f"v{i}",
+            "connectedAt": f"2024-01-{i:02d}T00:00:00Z",
+            "mode": "live",
+        }
+        for i in range(10, 6, -1)
+    ]
+    with SmartcarSimulator(data, token=TOKEN) as sim:
+        config = {**settings(sim), "page_size": 3}
+        sim.faults.fail_after_page = 1
+        failed = run_cli(tmp_path, config)
+        assert failed.exit_code == 1
+        assert failed.pairs() == [("u10", "v10"), ("u9", "v9"), ("u8", "v8")]
+        sim.faults.fail_after_page = None
+        assert sim.remove("u9", "v9")
+
+        rerun = run_cli(tmp_path, config, state=failed.state)
+
+    assert rerun.exit_code == 0, rerun.stderr
+    assert rerun.pairs() == [("u7", "v7")]
+
+
+def test_a_stale_checkpoint_with_a_bookmark_reads_from_the_top_only_down_to_it(
+    big: SmartcarSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = sync(settings(big))
+    more = added(30, "b")
+    big.add(*more)
+    big.clear_log()
+    big.faults.fail_after_page = 1
+    failed = sync(settings(big), state=first.state, expect_error=SmartcarAPIError)
+    big.faults.fail_after_page = None
+    big.rotate_cursor_secret()
+    big.clear_log()
+
+    with caplog.at_level(logging.WARNING):
+        rerun = sync(settings(big), state=failed.state)
+
+    assert set(failed.pairs()) | set(rerun.pairs()) == pairs_of(more)
+    assert not any("not newest first" in r.getMessage() for r in caplog.records)
+    # the head page, the refused cursor, then the top down to the old bookmark: 4 pages
+    assert len(big.requests) == 1 + 1 + math.ceil((30 + 1) / PAGE)
+    assert bookmarks(rerun.state) == {"mode=live": newest(big)}
