@@ -57,6 +57,16 @@ def bookmarks(state: dict[str, t.Any]) -> dict[str, str]:
     }
 
 
+def live_state(bookmark: str) -> dict[str, t.Any]:
+    """A state with a bookmark for the live mode only, as 0.1.0 wrote it."""
+    partition = {
+        "context": {"mode": "live"},
+        "replication_key": "connectedAt",
+        "replication_key_value": bookmark,
+    }
+    return {"bookmarks": {"connections": {"partitions": [partition]}}}
+
+
 def comparable(messages: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
     """The messages minus clock readings: `time_extracted`, versions and signposts (run start)."""
     versions = {m["version"] for m in messages if "version" in m}

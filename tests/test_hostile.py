@@ -29,7 +29,7 @@ import pytest
 from tap_smartcar_connections.client import BODY_ATTEMPTS, MAX_EMPTY_PAGES, normalize_timestamp
 from tap_smartcar_connections.simulator import SmartcarSimulator
 
-from .conftest import TOKEN, Run, bookmarks, run_cli
+from .conftest import TOKEN, Run, bookmarks, live_state, run_cli
 
 CLI = str(Path(sys.executable).with_name("tap-smartcar-connections"))
 NO_PAGING = object()
@@ -186,19 +186,7 @@ def test_a_future_connection_is_emitted_with_a_warning_but_never_becomes_the_boo
 def test_a_bookmark_in_the_future_is_not_trusted_the_mode_is_read_again(
     tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any]
 ) -> None:
-    state = {
-        "bookmarks": {
-            "connections": {
-                "partitions": [
-                    {
-                        "context": {"mode": "live"},
-                        "replication_key": "connectedAt",
-                        "replication_key_value": "2999-01-01T00:00:00.000000Z",
-                    }
-                ]
-            }
-        }
-    }
+    state = live_state("2999-01-01T00:00:00.000000Z")
 
     run = run_cli(tmp_path, {**config, "modes": ["live"]}, state=state)
 
@@ -226,19 +214,7 @@ def test_out_of_order_pages_lose_no_connection(tmp_path: Path, hostile: t.Any) -
             page([conn(3, "2026-01-03T00:00:00Z")]),
         ]
     )
-    state = {
-        "bookmarks": {
-            "connections": {
-                "partitions": [
-                    {
-                        "context": {"mode": "live"},
-                        "replication_key": "connectedAt",
-                        "replication_key_value": mark,
-                    }
-                ]
-            }
-        }
-    }
+    state = live_state(mark)
 
     run = run_cli(tmp_path, settings(server), state=state)
 
@@ -286,19 +262,7 @@ def test_in_order_pages_still_stop_at_the_bookmark(tmp_path: Path, hostile: t.An
             page([conn(3, "2026-01-03T00:00:00Z")]),
         ]
     )
-    state = {
-        "bookmarks": {
-            "connections": {
-                "partitions": [
-                    {
-                        "context": {"mode": "live"},
-                        "replication_key": "connectedAt",
-                        "replication_key_value": "2026-01-06T00:00:00.000000Z",
-                    }
-                ]
-            }
-        }
-    }
+    state = live_state("2026-01-06T00:00:00.000000Z")
 
     run = run_cli(tmp_path, settings(server), state=state)
 

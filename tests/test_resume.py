@@ -22,7 +22,7 @@ from tap_smartcar_connections import client
 from tap_smartcar_connections.client import SmartcarAPIError, normalize_timestamp
 from tap_smartcar_connections.simulator import SmartcarSimulator, generate_connections
 
-from .conftest import TOKEN, Run, bookmarks, run_cli, sync
+from .conftest import TOKEN, Run, bookmarks, live_state, run_cli, sync
 
 CLI = str(Path(sys.executable).with_name("tap-smartcar-connections"))
 PAGE = 10
@@ -246,19 +246,7 @@ def test_a_state_from_the_previous_release_still_loads(
     simulator: SmartcarSimulator, config: dict[str, t.Any]
 ) -> None:
     first = sync({**config, "modes": ["live"]})
-    old = {
-        "bookmarks": {
-            "connections": {
-                "partitions": [
-                    {
-                        "context": {"mode": "live"},
-                        "replication_key": "connectedAt",
-                        "replication_key_value": bookmarks(first.state)["mode=live"],
-                    }
-                ]
-            }
-        }
-    }
+    old = live_state(bookmarks(first.state)["mode=live"])
 
     run = sync({**config, "modes": ["live"]}, state=old)
 
