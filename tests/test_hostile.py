@@ -661,16 +661,20 @@ def test_a_server_that_echoes_the_credentials_leaks_nothing(tmp_path: Path, host
     assert "<redacted>" in run.stderr
 
 
-def test_the_first_request_failing_to_connect_is_reported_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("args", [(), ("--test",)], ids=["sync", "connection test"])
+def test_the_first_request_failing_to_connect_is_reported_at_once(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         api_url = f"http://127.0.0.1:{probe.getsockname()[1]}/v2.0"  # closed once unbound
     began = time.monotonic()
     run = run_cli(
-        tmp_path, {"management_token": TOKEN, "api_url": api_url, "max_retry_seconds": 600}
+        tmp_path, {"management_token": TOKEN, "api_url": api_url, "max_retry_seconds": 600}, *args
     )
 
     line = failure(run)
+    assert "connection test passed" not in run.stderr
     assert f"cannot reach api_url {api_url}" in line
     assert "refused" in line
     assert time.monotonic() - began < 30
