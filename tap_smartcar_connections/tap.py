@@ -286,6 +286,7 @@ def _check_values(config: dict[str, t.Any]) -> list[str]:
     problems = []
     token = config.get("management_token")
     if isinstance(token, str):
+        install_log_redaction()  # also when the tap is used as a library, not only by `main`
         register_secret(token)
         if not token.strip():
             problems.append("setting 'management_token' is empty")

@@ -11,6 +11,7 @@ import base64
 import gzip
 import itertools
 import json
+import logging
 import os
 import shutil
 import socket
@@ -29,7 +30,7 @@ import pytest
 from tap_smartcar_connections.client import BODY_ATTEMPTS, MAX_EMPTY_PAGES, normalize_timestamp
 from tap_smartcar_connections.simulator import SmartcarSimulator
 
-from .conftest import TOKEN, Run, bookmarks, live_state, run_cli
+from .conftest import TOKEN, Run, bookmarks, live_state, run_cli, sync
 
 CLI = str(Path(sys.executable).with_name("tap-smartcar-connections"))
 NO_PAGING = object()
@@ -795,3 +796,18 @@ def test_help_says_what_the_tap_does_and_how_to_use_it() -> None:
 
     for words in ("Smartcar", "--about", "--discover", "--test", "--state", "README"):
         assert words in proc.stdout
+
+
+def test_a_tap_used_as_a_library_redacts_its_log_records_too(
+    hostile: t.Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    echo = json.dumps({"type": "SERVER", "description": f"echo {TOKEN}"}).encode()
+    server = hostile([Reply(status=500, body=echo), page([conn(1, "2026-01-01T00:00:00Z")])])
+
+    with caplog.at_level(logging.WARNING):
+        run = sync(settings(server))
+
+    assert run.pairs() == [("user-1", "vehicle-1")]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("echo <redacted>" in m for m in messages)
+    assert not any(TOKEN in m for m in messages)
