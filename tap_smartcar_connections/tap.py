@@ -122,8 +122,8 @@ SETTINGS = th.PropertiesList(
         th.IntegerType(minimum=0),
         default=600,
         title="Max Retry Seconds",
-        description="How long one request keeps being retried (429s, 5xx, timeouts, "
-        "broken bodies) before the run fails.",
+        description="How long one request keeps being retried (429s, 5xx, timeouts; a broken "
+        "body at most 3 times) before the run fails.",
     ),
     th.Property(
         "max_requests_per_minute",
