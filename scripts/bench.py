@@ -1,6 +1,6 @@
 """Benchmark the tap's full sync against a minimal `requests` loop on the bundled simulator.
 
-Starts `python -m tap_smartcar_connections.simulator` as a separate process, then times, in
+Starts `python -m smartcar_simulator` as a separate process, then times, in
 alternated pairs, two child processes that both read every page (limit=100, live and simulated,
 following cursors) and write one JSON line per connection to a pipe this script drains:
 
@@ -78,7 +78,7 @@ class Simulator:
             [
                 sys.executable,
                 "-m",
-                "tap_smartcar_connections.simulator",
+                "smartcar_simulator",
                 "--connections",
                 str(connections),
                 "--token",
@@ -438,7 +438,7 @@ class ResumeScenario:
         self.refill: float = args.refill_per_minute * self.scale
         # Imported here, not at the top: the baseline worker runs this file, and its timing
         # must not include the simulator module's imports.
-        from tap_smartcar_connections.simulator import generate_connections  # noqa: PLC0415
+        from smartcar_simulator import generate_connections  # noqa: PLC0415
 
         data = generate_connections(connections, modes=("live",))
         self.expected = {(c["userId"], c["vehicleId"]) for c in data}

@@ -31,7 +31,7 @@ environment=dev
 output=output
 if [ "$has_token" != True ]; then
   url_file=$(mktemp)
-  .venv/bin/python -m tap_smartcar_connections.simulator --connections 1000 --url-file "$url_file" &
+  .venv/bin/python -m smartcar_simulator --connections 1000 --url-file "$url_file" &
   simulator_pid=$!
   trap 'kill "$simulator_pid" 2>/dev/null || true; rm -f "$url_file"' EXIT
   for _ in $(seq 100); do [ -s "$url_file" ] && break; sleep 0.1; done

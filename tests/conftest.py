@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from smartcar_simulator import SmartcarSimulator, generate_connections
 from tap_smartcar_connections.client import ConnectionsStream
-from tap_smartcar_connections.simulator import SmartcarSimulator, generate_connections
 from tap_smartcar_connections.tap import TapSmartcarConnections
 
 TOKEN = "sk-test-9f8e7d6c5b4a39281706f5e4d3c2b1a0"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from smartcar_simulator import SmartcarSimulator
 from tap_smartcar_connections.client import ConnectionsStream
-from tap_smartcar_connections.simulator import SmartcarSimulator
 from tap_smartcar_connections.tap import ConfigError, TapSmartcarConnections
 
 from .conftest import TOKEN, run_cli

@@ -9,13 +9,13 @@ import typing as t
 import jsonschema
 import pytest
 
+from smartcar_simulator import SmartcarSimulator
 from tap_smartcar_connections.client import (
     ConnectionsStream,
     SmartcarAPIError,
     _normalize_timestamps,
     normalize_timestamp,
 )
-from tap_smartcar_connections.simulator import SmartcarSimulator
 
 from .conftest import Run, bookmarks, sync
 

@@ -7,8 +7,8 @@ import json
 import math
 import typing as t
 
+from smartcar_simulator import SmartcarSimulator
 from tap_smartcar_connections.client import SmartcarAPIError
-from tap_smartcar_connections.simulator import SmartcarSimulator
 
 from .conftest import ROOT, Run, bookmarks, sync
 

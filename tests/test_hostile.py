@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from smartcar_simulator import SmartcarSimulator
 from tap_smartcar_connections.client import BODY_ATTEMPTS, MAX_EMPTY_PAGES, normalize_timestamp
-from tap_smartcar_connections.simulator import SmartcarSimulator
 
 from .conftest import TOKEN, Run, bookmarks, live_state, run_cli, sync
 

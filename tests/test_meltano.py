@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from smartcar_simulator import SmartcarSimulator, generate_connections
 from tap_smartcar_connections.client import normalize_timestamp
-from tap_smartcar_connections.simulator import SmartcarSimulator, generate_connections
 
 from .conftest import ROOT, TOKEN
 from .postgres import PASSWORD, Postgres, postgres  # noqa: F401  (the session fixture)

@@ -73,6 +73,18 @@ def test_the_wheel_has_complete_metadata(dist: Path) -> None:
     assert any(r.startswith("singer-sdk") for r in meta.get_all("Requires-Dist", []))
 
 
+def test_the_wheel_ships_the_tap_only(dist: Path) -> None:
+    with zipfile.ZipFile(only(dist.glob("*.whl"))) as archive:
+        names = archive.namelist()
+    packages = {
+        name.split("/", 1)[0] for name in names if not name.split("/", 1)[0].endswith(".dist-info")
+    }
+
+    assert packages == {"tap_smartcar_connections"}
+    assert "tap_smartcar_connections/tap.py" in names
+    assert not [name for name in names if "simulator" in name]
+
+
 def test_the_sdist_holds_what_a_rebuild_and_the_tests_need(dist: Path) -> None:
     with tarfile.open(only(dist.glob("*.tar.gz"))) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
@@ -83,6 +95,7 @@ def test_the_sdist_holds_what_a_rebuild_and_the_tests_need(dist: Path) -> None:
         "pyproject.toml",
         "meltano.yml",
         "tap_smartcar_connections/tap.py",
+        "smartcar_simulator/server.py",
         "tests/conftest.py",
         "hub/extractors/tap-smartcar-connections/smartcar-connections.yml",
     } <= names

@@ -26,12 +26,12 @@ from singer_sdk.singerlib import RecordMessage
 from singer_sdk.singerlib.encoding import SimpleSingerWriter
 from singer_sdk.streams.core import Stream
 
+from smartcar_simulator import SmartcarSimulator, generate_connections
 from tap_smartcar_connections.client import (
     ConnectionsStream,
     _normalize_timestamps,
     normalize_timestamp,
 )
-from tap_smartcar_connections.simulator import SmartcarSimulator, generate_connections
 from tap_smartcar_connections.tap import TapSmartcarConnections
 
 from .conftest import ROOT, TOKEN, comparable
@@ -248,7 +248,7 @@ def two_sizes(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[str]:
     data += generate_connections(BIG, seed=4, modes=("simulated",))
     (tmp / "data.json").write_text(json.dumps(data))
     url_file = tmp / "url"
-    command = [sys.executable, "-m", "tap_smartcar_connections.simulator", "--token", TOKEN]
+    command = [sys.executable, "-m", "smartcar_simulator", "--token", TOKEN]
     command += ["--data", str(tmp / "data.json"), "--url-file", str(url_file)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     try:

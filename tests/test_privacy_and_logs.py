@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tap_smartcar_connections.simulator import SmartcarSimulator
+from smartcar_simulator import SmartcarSimulator
 
 from .conftest import TOKEN, Run, run_cli, sync
 

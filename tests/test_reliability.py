@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from smartcar_simulator import SmartcarSimulator
 from tap_smartcar_connections.client import SmartcarAPIError
-from tap_smartcar_connections.simulator import SmartcarSimulator
 
 from .conftest import LAUNCHER, TOKEN, Run, bookmarks, comparable, run_cli, sync
 

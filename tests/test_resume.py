@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from smartcar_simulator import SmartcarSimulator, generate_connections
 from tap_smartcar_connections import client
 from tap_smartcar_connections.client import SmartcarAPIError, normalize_timestamp
-from tap_smartcar_connections.simulator import SmartcarSimulator, generate_connections
 
 from .conftest import TOKEN, Run, bookmarks, live_state, run_cli, sync
 

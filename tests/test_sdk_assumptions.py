@@ -14,9 +14,9 @@ import requests
 from singer_sdk.streams import RESTStream
 from singer_sdk.streams.core import Stream
 
+from smartcar_simulator import SmartcarSimulator
 from tap_smartcar_connections import client
 from tap_smartcar_connections.client import ConnectionsStream, normalize_timestamp
-from tap_smartcar_connections.simulator import SmartcarSimulator
 
 from .conftest import bookmarks, comparable, sync
 from .test_hostile import certificate  # noqa: F401  (the module fixture)

@@ -9,7 +9,7 @@ import sys
 
 from singer_sdk.testing import get_tap_test_class
 
-from tap_smartcar_connections.simulator import SmartcarSimulator, generate_connections
+from smartcar_simulator import SmartcarSimulator, generate_connections
 from tap_smartcar_connections.tap import TapSmartcarConnections
 
 from .conftest import ROOT, TOKEN, bookmarks, sync

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tap_smartcar_connections.simulator import (
+from smartcar_simulator import (
     Connection,
     Faults,
     SmartcarSimulator,
@@ -686,7 +686,7 @@ def wait_for(path: Path, timeout: float = 20) -> str:
 
 def test_command_line_serves_until_sigterm(tmp_path: Path) -> None:
     url_file = tmp_path / "url"
-    command = [sys.executable, "-m", "tap_smartcar_connections.simulator", "--connections", "40"]
+    command = [sys.executable, "-m", "smartcar_simulator", "--connections", "40"]
     command += ["--seed", "5", "--token", "cli-token", "--url-file", str(url_file)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -718,7 +718,7 @@ def test_command_line_serves_until_sigterm(tmp_path: Path) -> None:
 def test_command_line_serves_a_data_file_with_faults(tmp_path: Path) -> None:
     data_file = tmp_path / "data.json"
     data_file.write_text(json.dumps([conn("u", "v", "2026-01-01T00:00:00+00:00")]))
-    command = [sys.executable, "-m", "tap_smartcar_connections.simulator", "--data", str(data_file)]
+    command = [sys.executable, "-m", "smartcar_simulator", "--data", str(data_file)]
     command += ["--rate-limit-bucket", "1", "--latency", "0.01", "--chaos-rate", "0"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
