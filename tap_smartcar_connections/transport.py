@@ -59,11 +59,20 @@ _AUTH_VALUE = re.compile(r"\b(Basic|Bearer)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECAS
 REDACTED = "<redacted>"
 
 
+MIN_SECRET_LENGTH = 8
+"""A bare secret shorter than this is not searched for: redacting "t" would garble every line.
+
+Its `default:` and base64 forms are still redacted, and so is any `Basic`/`Bearer` value.
+"""
+
+
 def register_secret(secret: str) -> None:
     """Have `redact` remove `secret` and the forms it takes in a Basic auth header."""
-    if secret:
+    if secret.strip():
         basic = f"default:{secret}"
-        _SECRETS.update({secret, basic, base64.b64encode(basic.encode()).decode()})
+        _SECRETS.update({basic, base64.b64encode(basic.encode()).decode()})
+        if len(secret) >= MIN_SECRET_LENGTH:
+            _SECRETS.add(secret)
 
 
 def redact(text: str) -> str:

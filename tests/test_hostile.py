@@ -811,3 +811,13 @@ def test_a_tap_used_as_a_library_redacts_its_log_records_too(
     messages = [r.getMessage() for r in caplog.records]
     assert any("echo <redacted>" in m for m in messages)
     assert not any(TOKEN in m for m in messages)
+
+
+def test_a_short_token_does_not_garble_the_logs() -> None:
+    from tap_smartcar_connections.transport import redact, register_secret  # noqa: PLC0415
+
+    register_secret("t")
+
+    assert redact("the checkpoint for the mode") == "the checkpoint for the mode"
+    assert redact("Authorization: Basic ZGVmYXVsdDp0") == "Authorization: Basic <redacted>"
+    assert redact("sent default:t") == "sent <redacted>"
