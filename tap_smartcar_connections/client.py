@@ -1,4 +1,10 @@
-"""The `connections` stream: Smartcar's vehicle connections, newest first."""
+"""What every API version shares: the HTTP base stream and the `connections` walk.
+
+`SmartcarStream` sends requests (retries, pacing, deadline, no redirects, error lines without
+bodies) and writes records; `ConnectionsStream` holds the bookmark logic, all in
+`ConnectionsStream.request_records` and `_read`. Each API version (`v2`, `v3`) contributes
+its request building, auth and page parsing.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +28,6 @@ import pendulum
 import requests
 import urllib3
 from singer_sdk import typing as th
-from singer_sdk.authenticators import BasicAuthenticator
 from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
 from singer_sdk.helpers.conform import TypeConformanceLevel
@@ -58,6 +63,8 @@ PROGRESS_SECONDS = 60.0
 """A walk logs its progress at least this often."""
 MAX_EMPTY_PAGES = 100
 """Empty pages in a row, each with a new cursor, after which a walk is taken to be endless."""
+REREADS = 2
+"""How often a walk over shifting pages is read again when the list changed under it."""
 
 _RETRIABLE = (
     RetriableAPIError,
@@ -76,16 +83,6 @@ _ENCODER = msgspec.json.Encoder()
 FAST_PATH_SDK_VERSIONS = ("0.54.9",)
 """singer-sdk releases for which `tests/test_performance.py` compared the fast path's output."""
 _SDK_VERSION = importlib.metadata.version("singer-sdk")
-_ADVICE = {
-    400: "check the filters (user_id, vehicle_id, modes) and page_size",
-    401: "check management_token: it must be the application's Management API token "
-    "(Smartcar Dashboard > Configuration)",
-    403: "the management token may not read this application's connections; check the token "
-    "and the application's permissions in the Smartcar Dashboard",
-    404: "check api_url (default https://management.smartcar.com/v2.0)",
-    430: "Smartcar refused the request for billing reasons; check the application's plan and "
-    "billing in the Smartcar Dashboard",
-}
 
 
 class SmartcarError(Exception):
@@ -134,7 +131,7 @@ class _StaleCheckpoint(Exception):
     """A saved checkpoint cannot be resumed from."""
 
 
-def _key(record: dict[str, str]) -> str:
+def _key(record: dict[str, t.Any]) -> str:
     """A short digest of a connection's key, kept in the state instead of the raw IDs."""
     return hashlib.sha256(f"{record['userId']}\0{record['vehicleId']}".encode()).hexdigest()[:16]
 
@@ -148,12 +145,21 @@ class _Walk:
     """Stop below this instant: the bookmark or `start_date` ("" reads to the last page)."""
     skip: frozenset[str] = frozenset()
     """Keys (`_key`) already sent at the `floor` instant."""
+    sent: set[str] = field(default_factory=set)
+    """Keys sent in this run, when pages shift (`ConnectionsStream.PAGES_SHIFT`)."""
     newest: str = ""
     """The newest instant read that may become the bookmark (never after the run's start)."""
     newest_keys: set[str] = field(default_factory=set)
     last: str = ""
     """The last instant read: how far back the walk has come."""
     unordered: bool = False
+    totals: set[int] = field(default_factory=set)
+    """Every size of the whole list the API gave during the walk (`Page.total`)."""
+    total: int | None = None
+    """The last of them."""
+    read: set[str] = field(default_factory=set)
+    """Keys of every connection read, when pages shift (for the check against `total`)."""
+    resumed: bool = False
     pages: int = 0
     records: int = 0
     top: str = ""
@@ -169,13 +175,14 @@ class _Walk:
             self.newest_keys |= head.newest_keys
         self.last = checkpoint["last"]
         self.unordered = checkpoint.get("unordered", False) or head.unordered
+        self.totals, self.total, self.resumed = set(head.totals), head.total, True
         self.pages, self.records = head.pages, head.records
         self.top = head.top or checkpoint["newest"]
 
-    def checkpoint(self, cursor: str, page_size: int) -> dict[str, t.Any]:
-        """What a rerun needs to go on from `cursor` (see `ConnectionsStream.request_records`)."""
-        return {
-            "cursor": cursor,
+    def checkpoint(self, token: str, page_size: int) -> dict[str, t.Any]:
+        """What a rerun needs to go on from `token` (see `ConnectionsStream.request_records`)."""
+        saved = {
+            "cursor": token,
             "newest": self.newest,
             "newest_keys": sorted(self.newest_keys),
             "last": self.last,
@@ -183,6 +190,26 @@ class _Walk:
             "page_size": page_size,
             "unordered": self.unordered,
         }
+        if self.total is not None:
+            saved["total"] = self.total
+        return saved
+
+    def doubt(self, ended: str) -> str | None:
+        """Why a walk over shifting pages may have missed a connection, or None.
+
+        A connection removed from a page already read pulls an unread one up onto it, where
+        the walk never looks; the list's size then changes under the walk. Counts alone prove
+        nothing (the removed one was read), so both the size and the distinct keys are checked.
+        """
+        if len(self.totals) > 1:
+            sizes = ", ".join(str(total) for total in sorted(self.totals))
+            return f"the list's size (meta.totalCount) changed during the walk ({sizes})"
+        if ended == "end" and not self.resumed and self.total not in {None, len(self.read)}:
+            return (
+                f"{len(self.read)} distinct connections were read but the list's size "
+                f"(meta.totalCount) is {self.total}"
+            )
+        return None
 
     def estimate(self, elapsed: float) -> float | None:
         """Seconds left, from how fast the walk moves back in time, when that can be told."""
@@ -193,27 +220,27 @@ class _Walk:
 
 
 def _fetch_from_checkpoint(
-    fetch: Callable[..., tuple[list[dict[str, str]], str | None]],
+    fetch: Callable[..., Page],
     context: Context | None,
-    cursor: str | None,
+    token: str | None,
     at_most: str,
-) -> tuple[list[dict[str, str]], str | None]:
+) -> Page:
     """Fetch a page; if it is a checkpoint's (`at_most` set), check the API still accepts it.
 
     Raises:
-        _StaleCheckpoint: If the API refuses the cursor (400: expired, rotated) or the page
+        _StaleCheckpoint: If the API refuses the token (400: expired, rotated) or the page
             starts after `at_most`, where the interrupted walk had already read.
     """
     try:
-        records, next_cursor = fetch(context, cursor)
+        page = fetch(context, token)
     except _Refused as exc:
         if at_most and exc.status == HTTPStatus.BAD_REQUEST:
             raise _StaleCheckpoint(f"the API refused its cursor: {exc}") from exc
         raise
-    if at_most and records and records[0]["connectedAt"] > at_most:
-        msg = f"its next page starts at {records[0]['connectedAt']}, after {at_most}"
+    if at_most and page.records and page.records[0]["connectedAt"] > at_most:
+        msg = f"its next page starts at {page.records[0]['connectedAt']}, after {at_most}"
         raise _StaleCheckpoint(msg)
-    return records, next_cursor
+    return page
 
 
 def _check_paging(walk: _Walk, cursor: str, seen: set[str], empty: int) -> None:
@@ -233,31 +260,6 @@ def _check_paging(walk: _Walk, cursor: str, seen: set[str], empty: int) -> None:
             "to Smartcar support; the last STATE emitted is safe to resume from"
         )
         raise SmartcarAPIError(msg)
-
-
-class _Connection(msgspec.Struct, rename="camel"):
-    """A connection as the API returns it; decoding fails if a field is missing or not a string."""
-
-    user_id: str
-    vehicle_id: str
-    connected_at: str
-    mode: str
-
-
-class _Paging(msgspec.Struct):
-    """`paging`: an explicit null `cursor` marks the last page; a missing one proves nothing."""
-
-    cursor: str | msgspec.UnsetType | None = msgspec.UNSET
-
-
-class _Page(msgspec.Struct):
-    """A page of `GET /management/connections`; unknown fields are ignored."""
-
-    connections: list[_Connection]
-    paging: _Paging | msgspec.UnsetType | None = msgspec.UNSET
-
-
-_PAGE_DECODER = msgspec.json.Decoder(_Page)
 
 
 def normalize_timestamp(value: str) -> str:
@@ -312,33 +314,6 @@ def _check_calendar(values: list[str]) -> None:
             raise ValueError(msg) from exc
 
 
-def describe_response(response: requests.Response) -> str:
-    """Summarise an error response from Smartcar's error JSON, never echoing the raw body.
-
-    Args:
-        response: An HTTP response with an error status.
-
-    Returns:
-        For example `401 AUTHENTICATION: Invalid token (requestId 5d2..., see https://...)`.
-    """
-    reason = printable(response.reason, 60) or "error"
-    try:
-        body = msgspec.json.decode(response.content)
-    except (msgspec.DecodeError, RecursionError, requests.exceptions.RequestException):
-        body = None
-    if not isinstance(body, dict):
-        return f"{response.status_code} {reason} (the body was not Smartcar's error JSON)"
-    text = f"{response.status_code} {printable(body.get('type'), 40) or reason}"
-    if description := printable(body.get("description"), 300):
-        text += f": {description}"
-    details = []
-    if request_id := printable(body.get("requestId"), 80):
-        details.append(f"requestId {request_id}")
-    if doc_url := printable(body.get("docURL"), 200):
-        details.append(f"see {doc_url}")
-    return f"{text} ({', '.join(details)})" if details else text
-
-
 def _retry_after(exc: BaseException) -> float | None:
     response = getattr(exc, "response", None)
     header = response.headers.get("Retry-After") if response is not None else None
@@ -358,59 +333,36 @@ def _not_an_expected_failure(record: logging.LogRecord) -> bool:
 
 
 def _failure_summary(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(exc, BrokenBody | ResponseTimeout):
+    if isinstance(exc, BrokenBody | ResponseTimeout | RetriableAPIError):
         return str(exc)
-    if response is not None:
-        return describe_response(response)
     return type(exc).__name__
 
 
-class ConnectionsStream(RESTStream[str]):
-    """Every vehicle connection of the application, one partition per mode.
+@dataclass
+class Page:
+    """One page of a list, parsed."""
 
-    The API sorts newest first and has no "since" filter, so an incremental read walks pages
-    until it reaches a connection older than the partition's bookmark and stops there.
+    records: list[dict[str, t.Any]]
+    next: str | None
+    """The next page's token (a cursor, or a page number), None after the last page."""
+    total: int | None = None
+    """How many items the API says the whole list has, if it says."""
+    ordered: bool = True
+    """Whether the API says the list is newest first."""
+
+
+class SmartcarStream(RESTStream[str]):
+    """A stream read from a Smartcar API: one request at a time, each one hardened.
+
+    Subclasses say where (`url_base`, `path`, `URL_SETTINGS`), how to authenticate, how to
+    describe an error body (`describe_response`, `ADVICE`) and how to parse a page
+    (`_parse_page`).
     """
 
-    name = "connections"
-    path = "/management/connections"
-    primary_keys = ("userId", "vehicleId")
-    replication_key = "connectedAt"
-    is_sorted = False
-    schema = th.PropertiesList(
-        th.Property(
-            "userId",
-            th.StringType,
-            required=True,
-            description="ID of the Smartcar user who authorized the connection (UUID v4).",
-        ),
-        th.Property(
-            "vehicleId",
-            th.StringType,
-            required=True,
-            description="ID of the connected vehicle (UUID v4). A vehicle shared by several "
-            "users has one connection per user.",
-        ),
-        th.Property(
-            "connectedAt",
-            th.DateTimeType,
-            required=True,
-            description="When the connection was created, in UTC, normalised to "
-            "YYYY-MM-DDTHH:MM:SS.ffffffZ.",
-        ),
-        th.Property(
-            "mode",
-            th.StringType,
-            required=True,
-            description="Vehicle mode: live, simulated, or test (deprecated by Smartcar). Not "
-            "an enum, so that a mode Smartcar adds later still loads.",
-        ),
-    ).to_dict()
-
-    TYPE_CONFORMANCE_LEVEL = TypeConformanceLevel.NONE
-    """`_parse_page` builds every record with exactly the schema's types (four strings)."""
-
+    URL_SETTINGS: t.ClassVar[tuple[str, ...]] = ("api_url",)
+    """Settings holding the URLs this stream requests, first the main one: error lines name them."""
+    ADVICE: t.ClassVar[dict[int, str]] = {}
+    """What to do about a refused request (4xx), by status."""
     _last_request_at = 0.0
     _record_affixes: tuple[bytes, bytes] | None = None
     _answered = False
@@ -437,34 +389,8 @@ class ConnectionsStream(RESTStream[str]):
 
     @property
     @override
-    def url_base(self) -> str:
-        return str(self.config["api_url"]).rstrip("/")
-
-    @property
-    @override
-    def authenticator(self) -> BasicAuthenticator:
-        return BasicAuthenticator(username="default", password=self.config["management_token"])
-
-    @property
-    @override
     def timeout(self) -> int:
         return int(self.config["request_timeout"])
-
-    @property
-    @override
-    def partitions(self) -> list[dict[str, t.Any]]:
-        """One partition per configured mode, keyed by the filters too.
-
-        A bookmark is only valid for the filter it was made under: one made for `user_id=A`
-        must not cut off user B's older connections. The filter keys are named like the
-        record fields they restrict, so the SDK finds them already present in every record.
-        """
-        filters = {
-            field: self.config[setting]
-            for field, setting in (("userId", "user_id"), ("vehicleId", "vehicle_id"))
-            if self.config.get(setting)
-        }
-        return [{"mode": mode, **filters} for mode in dict.fromkeys(self.config["modes"])]
 
     @property
     @override
@@ -481,19 +407,6 @@ class ConnectionsStream(RESTStream[str]):
     def http_headers(self) -> dict[str, t.Any]:
         """Ask for gzip only: `read_body` decodes it with a bound on the output."""
         return {**super().http_headers, "Accept-Encoding": "gzip"}
-
-    @override
-    def get_url_params(
-        self, context: Context | None, next_page_token: str | None
-    ) -> dict[str, t.Any]:
-        context = context or {}
-        return {
-            "limit": self.config["page_size"],
-            "mode": context["mode"],
-            "user_id": context.get("userId"),
-            "vehicle_id": context.get("vehicleId"),
-            "cursor": next_page_token,
-        }
 
     @override
     def request_decorator(self, func: Callable[..., t.Any]) -> Callable[..., t.Any]:
@@ -517,7 +430,8 @@ class ConnectionsStream(RESTStream[str]):
                     requests.exceptions.InvalidURL,
                     urllib3.exceptions.LocationParseError,
                 ) as exc:
-                    msg = f"api_url {self.config['api_url']} cannot be requested: check its host"
+                    setting = self._setting_for(exc)
+                    msg = f"{setting} {self.config[setting]} cannot be requested: check its host"
                     raise SmartcarAPIError(msg) from exc
                 except _RETRIABLE as exc:
                     attempt += 1
@@ -557,16 +471,17 @@ class ConnectionsStream(RESTStream[str]):
             SmartcarAPIError: For a TLS failure, a first request that could not connect, or
                 a page body broken `BODY_ATTEMPTS` times in a row.
         """
-        api_url = self.config["api_url"]
+        setting = self._setting_for(exc)
+        url = self.config[setting]
         if isinstance(exc, requests.exceptions.SSLError):
             msg = (
-                f"TLS with {origin(api_url)} failed: {network_reason(exc)}. If a proxy "
-                "inspects TLS, set REQUESTS_CA_BUNDLE to its CA bundle; otherwise check api_url"
+                f"TLS with {origin(url)} failed: {network_reason(exc)}. If a proxy inspects "
+                f"TLS, set REQUESTS_CA_BUNDLE to its CA bundle; otherwise check {setting}"
             )
             raise SmartcarAPIError(msg) from exc
         if not self._answered and isinstance(exc, requests.exceptions.ConnectionError):
             msg = (
-                f"cannot reach api_url {api_url}: {network_reason(exc)}. Check api_url and "
+                f"cannot reach {setting} {url}: {network_reason(exc)}. Check {setting} and "
                 "the network (and HTTPS_PROXY/NO_PROXY if a proxy is needed)"
             )
             raise SmartcarAPIError(msg) from exc
@@ -577,6 +492,27 @@ class ConnectionsStream(RESTStream[str]):
                 "emitted is safe to resume from"
             )
             raise SmartcarAPIError(msg) from exc
+
+    def _setting_for(self, exc: BaseException) -> str:
+        """The URL setting behind the request that failed (the main one when unknown)."""
+        request = getattr(exc, "request", None)
+        url = str(getattr(request, "url", None) or "")
+        for setting in self.URL_SETTINGS:
+            if url.startswith(str(self.config[setting]).rstrip("/")):
+                return setting
+        return self.URL_SETTINGS[0]
+
+    def describe_response(self, response: requests.Response) -> str:
+        """Summarise an error response in one line, never echoing the raw body."""
+        raise NotImplementedError
+
+    def _parse_page(self, response: requests.Response, token: str | None) -> Page:
+        """Parse one page of the list (`token` is what requested it).
+
+        Raises:
+            BrokenBody: If the body is not the documented JSON.
+        """
+        raise NotImplementedError
 
     def _pace(self) -> None:
         per_minute = self.config.get("max_requests_per_minute")
@@ -602,7 +538,19 @@ class ConnectionsStream(RESTStream[str]):
         Raises:
             ResponseTimeout: If the response was not complete within `request_timeout`.
         """
-        request = self.authenticator(prepared_request)
+        response = self._send(self.authenticator(prepared_request))
+        self._write_request_duration_log(
+            endpoint=self.path, response=response, context=context, extra_tags=None
+        )
+        self.validate_response(response)
+        return response
+
+    def _send(self, request: requests.PreparedRequest) -> requests.Response:
+        """Send `request` as `_request` describes, and read its body.
+
+        Raises:
+            ResponseTimeout: If the response was not complete within `request_timeout`.
+        """
         if self._environment is None:
             settings = self.requests_session.merge_environment_settings(
                 request.url, {}, None, None, None
@@ -623,10 +571,6 @@ class ConnectionsStream(RESTStream[str]):
                     msg = f"ReadTimeout: no complete response in request_timeout={self.timeout} s"
                     raise ResponseTimeout(msg) from exc
                 raise
-        self._write_request_duration_log(
-            endpoint=self.path, response=response, context=context, extra_tags=None
-        )
-        self.validate_response(response)
         return response
 
     @override
@@ -644,21 +588,20 @@ class ConnectionsStream(RESTStream[str]):
             msg = (
                 f"Smartcar API answered {status} {printable(response.reason, 60)}{where}, not "
                 "data; the tap follows no redirect (it would carry the token elsewhere). Check "
-                f"api_url (now {origin(str(self.config['api_url']))})"
+                f"{self.URL_SETTINGS[0]} (now {origin(str(self.config[self.URL_SETTINGS[0]]))})"
             )
             raise SmartcarAPIError(msg)
         if status == HTTPStatus.TOO_MANY_REQUESTS or status >= HTTPStatus.INTERNAL_SERVER_ERROR:
-            raise RetriableAPIError(describe_response(response), response)
+            raise RetriableAPIError(self.describe_response(response), response)
         if status >= HTTPStatus.BAD_REQUEST:
-            advice = _ADVICE.get(status, "see Smartcar's documentation for this error")
-            msg = f"Smartcar API error {describe_response(response)}. To fix: {advice}"
+            advice = self.ADVICE.get(status, "see Smartcar's documentation for this error")
+            msg = f"Smartcar API error {self.describe_response(response)}. To fix: {advice}"
             raise _Refused(msg, status)
 
-    def _fetch_page(
-        self, context: Context | None, cursor: str | None
-    ) -> tuple[list[dict[str, str]], str | None]:
+    def _fetch_page(self, context: Context | None, token: str | None) -> Page:
+        """Request and parse one page (not retried: see `request_decorator`)."""
         request = self.get_http_request(
-            page=PageContext(stream_context=context, next_page_token=cursor)
+            page=PageContext(stream_context=context, next_page_token=token)
         )
         prepared = self.build_prepared_request(
             method=request.method,
@@ -666,45 +609,9 @@ class ConnectionsStream(RESTStream[str]):
             params=request.encode_params(),
             headers=request.headers,
         )
-        response = self._request(prepared, context)
-        return self._parse_page(response)
-
-    def _parse_page(self, response: requests.Response) -> tuple[list[dict[str, str]], str | None]:
-        """Decode a page straight into typed records, and prepare its RECORD lines.
-
-        Returns:
-            The page's records and the next page's cursor (None on the last page).
-
-        Raises:
-            BrokenBody: If the body is not the documented JSON.
-        """
-        try:
-            page = _PAGE_DECODER.decode(response.content)
-            items = page.connections
-            stamps = _normalize_timestamps([item.connected_at for item in items])
-        except (msgspec.DecodeError, ValueError, RecursionError) as exc:
-            reason = printable(str(exc), 200)
-            msg = (
-                f"{response.status_code} with a body that is not the expected connections "
-                f"JSON ({reason})"
-            )
-            raise BrokenBody(msg, response) from exc
-        cursor = page.paging.cursor if isinstance(page.paging, _Paging) else msgspec.UNSET
-        if cursor is msgspec.UNSET or cursor == "":
-            # Only an explicit null proves the last page; a proxy or a bug may drop `paging`.
-            msg = f"{response.status_code} with no usable paging.cursor (not even null)"
-            raise BrokenBody(msg, response)
-        records = [
-            {
-                "userId": item.user_id,
-                "vehicleId": item.vehicle_id,
-                "connectedAt": stamp,
-                "mode": item.mode,
-            }
-            for item, stamp in zip(items, stamps, strict=True)
-        ]
+        page = self._parse_page(self._request(prepared, context), token)
         self._record_affixes = self._fast_record_affixes()
-        return records, cursor
+        return page
 
     def _fast_record_affixes(self) -> tuple[bytes, bytes] | None:
         """Return the bytes around a record's JSON in its RECORD line, if the fast path applies.
@@ -759,6 +666,142 @@ class ConnectionsStream(RESTStream[str]):
         self.state_manager.is_flushed = False
 
     @override
+    def generate_child_contexts(
+        self, record: dict[str, t.Any], context: Context | None
+    ) -> Iterable[Context | None]:
+        """No child contexts without child streams (saves a copy and two calls per record)."""
+        return super().generate_child_contexts(record, context) if self.child_streams else ()
+
+    @override
+    def get_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
+        """Yield the partition's records; after the last partition, activate the version.
+
+        A full refresh's ACTIVATE_VERSION is sent only here, after every partition was read
+        to a page whose `paging.cursor` was an explicit null, so a failed, interrupted or
+        dry-run refresh never lets a target delete rows.
+        """
+        if self._full_refresh_versioned:
+            self._stream_version = self._tap.initialized_at
+        yield from super().get_records(context)
+        partitions = self.partitions or []
+        if (
+            self._full_refresh_versioned
+            and context == (partitions[-1] if partitions else None)
+            and self.ABORT_AT_RECORD_COUNT is None
+            and self._complete_walks == max(1, len(partitions))
+        ):
+            self._write_activate_version_message(self._tap.initialized_at)
+
+    @override
+    def _finalize_state(self, state: dict[str, t.Any] | None = None) -> None:
+        """Write STATE as soon as a partition is done.
+
+        The SDK writes STATE only after the last partition, so a failure in a later mode would
+        throw away the bookmarks of the modes already read to the end.
+        """
+        super()._finalize_state(state)
+        self._write_state_message()
+
+    @property
+    def _full_refresh_versioned(self) -> bool:
+        return self.replication_method == "FULL_TABLE" and bool(
+            self.config.get("emit_activate_version_messages")
+        )
+
+
+class ConnectionsStream(SmartcarStream):
+    """Every vehicle connection of the application, one partition per mode.
+
+    The API sorts newest first and has no "since" filter, so an incremental read walks pages
+    until it reaches a connection older than the partition's bookmark and stops there. The
+    schema is the union of both API versions: under v2 the v3-only fields are absent (null).
+    """
+
+    name = "connections"
+    primary_keys = ("userId", "vehicleId")
+    replication_key = "connectedAt"
+    is_sorted = False
+    schema = th.PropertiesList(
+        th.Property(
+            "userId",
+            th.StringType,
+            required=True,
+            description="ID of the Smartcar user who authorized the connection (UUID v4).",
+        ),
+        th.Property(
+            "vehicleId",
+            th.StringType,
+            required=True,
+            description="ID of the connected vehicle (UUID v4). A vehicle shared by several "
+            "users has one connection per user.",
+        ),
+        th.Property(
+            "connectedAt",
+            th.DateTimeType,
+            required=True,
+            description="When the connection was created, in UTC, normalised to "
+            "YYYY-MM-DDTHH:MM:SS.ffffffZ.",
+        ),
+        th.Property(
+            "mode",
+            th.StringType,
+            required=True,
+            description="Vehicle mode: live, simulated, or test (deprecated by Smartcar, v2 "
+            "only). Not an enum, so that a mode Smartcar adds later still loads.",
+        ),
+        th.Property(
+            "connectionId",
+            th.StringType,
+            description="ID of the connection itself (API v3 only; null under v2).",
+        ),
+        th.Property(
+            "permissions",
+            th.ArrayType(th.StringType),
+            description="Permissions the user granted, e.g. read_odometer (API v3 only).",
+        ),
+        th.Property("make", th.StringType, description="Vehicle make (API v3 only)."),
+        th.Property("model", th.StringType, description="Vehicle model (API v3 only)."),
+        th.Property("year", th.IntegerType, description="Vehicle model year (API v3 only)."),
+        th.Property(
+            "powertrainType",
+            th.StringType,
+            description="Vehicle powertrain as Smartcar reports it, e.g. BEV, PHEV, ICE (API "
+            "v3 only).",
+        ),
+        th.Property(
+            "updatedAt",
+            th.DateTimeType,
+            description="When the connection last changed, in UTC, normalised like "
+            "connectedAt (API v3 only).",
+        ),
+    ).to_dict()
+
+    TYPE_CONFORMANCE_LEVEL = TypeConformanceLevel.NONE
+    """`_parse_page` builds every record with exactly the schema's types."""
+    API_VERSION: t.ClassVar[str] = "v2"
+    """The API version, kept in each v3 partition's state: bookmarks never mix versions."""
+    PAGES_SHIFT: t.ClassVar[bool] = False
+    """Whether pages are numbered, not keyed: a connection added or removed mid-walk shifts
+    the rest, so the walk sends each connection once, checks `Page.total`, and resumes by
+    position (`_resume_token`)."""
+
+    @property
+    @override
+    def partitions(self) -> list[dict[str, t.Any]]:
+        """One partition per configured mode, keyed by the filters too.
+
+        A bookmark is only valid for the filter it was made under: one made for `user_id=A`
+        must not cut off user B's older connections. The filter keys are named like the
+        record fields they restrict, so the SDK finds them already present in every record.
+        """
+        filters = {
+            field: self.config[setting]
+            for field, setting in (("userId", "user_id"), ("vehicleId", "vehicle_id"))
+            if self.config.get(setting)
+        }
+        return [{"mode": mode, **filters} for mode in dict.fromkeys(self.config["modes"])]
+
+    @override
     def _increment_stream_state(
         self, latest_record: dict[str, t.Any], *, context: Context | None = None
     ) -> None:
@@ -770,47 +813,72 @@ class ConnectionsStream(RESTStream[str]):
         """
 
     @override
-    def generate_child_contexts(
-        self, record: dict[str, t.Any], context: Context | None
-    ) -> Iterable[Context | None]:
-        """No child contexts without child streams (saves a copy and two calls per record)."""
-        return super().generate_child_contexts(record, context) if self.child_streams else ()
-
-    @override
-    def request_records(self, context: Context | None) -> Iterator[dict[str, str]]:
+    def request_records(self, context: Context | None) -> Iterator[dict[str, t.Any]]:
         """Read the partition newest first down to its bookmark, resuming an interrupted walk.
 
         Overridden rather than using an SDK paginator because the stop depends on the
         partition's state, which paginators cannot see, and each body is parsed once for both
-        its records and its cursor. The bookmark logic, all here and in `_read`:
+        its records and its next page. The bookmark logic, all here and in `_read`:
 
         - the walk stops at the first connection older than the bookmark (or `start_date`);
           connections at the bookmark instant are emitted unless the state lists them as sent
           (`keys_at_bookmark`), so a late tie is never lost and nothing is sent twice;
-        - after each page, the partition's `checkpoint` (next cursor, newest instant and its
+        - after each page, the partition's `checkpoint` (next page, newest instant and its
           keys, last instant read, the bookmark read down to) is written; a rerun first reads
-          the new head down to that newest instant, then goes on from the cursor;
+          the new head down to that newest instant, then goes on from the next page;
         - the bookmark moves, to the newest instant read but never past the run's start, only
           when the walk is complete;
         - the stop is only trusted in newest-first order: once a connection is newer than one
-          before it, the walk reads to the last page.
+          before it, or the API does not say the list is newest first, the walk reads to the
+          last page;
+        - where pages shift (`PAGES_SHIFT`), a connection is sent once per run, and a walk
+          under which the list changed (`_Walk.doubt`) is read again, at most `REREADS` times;
+          if it still cannot be trusted, neither the bookmark nor ACTIVATE_VERSION follows.
         """
         state = self._walk_state(context)
         floor, skip = self._floor(context, state)
-        walk = _Walk(context, floor, skip)
         checkpoint = self._checkpoint(context, state, floor)
-        ended = None
+        sent: set[str] = set()
         with self.get_http_request_counter() as counter:
             counter.with_context(context)
-            if checkpoint is not None:
-                ended = yield from self._resume(walk, checkpoint, state, counter)
-            if ended is None:
-                ended = yield from self._read(walk, None, state, counter)
-        if ended == "cut":
-            return
-        self._complete_walks += ended == "end"
-        if state is not None:
-            self._settle(state, walk)
+            for attempt in range(REREADS + 1):
+                walk = _Walk(context, floor, skip, sent)
+                ended = None
+                if checkpoint is not None:
+                    ended = yield from self._resume(walk, checkpoint, state, counter)
+                    checkpoint = None
+                if ended is None:
+                    ended = yield from self._read(walk, None, state, counter)
+                if ended == "cut":
+                    return
+                doubt = walk.doubt(ended)
+                if doubt is None or attempt == REREADS:
+                    break
+                self.logger.warning(
+                    "Connections %s: %s, so a connection may have been skipped: reading this "
+                    "mode again (%d of %d)",
+                    json.dumps(context),
+                    doubt,
+                    attempt + 1,
+                    REREADS,
+                )
+        if doubt is None:
+            self._complete_walks += ended == "end"
+            if state is not None:
+                self._settle(state, walk)
+        else:
+            self.logger.warning(
+                "Connections %s: %s on every one of %d reads: %s. The next run reads it again",
+                json.dumps(context),
+                doubt,
+                REREADS + 1,
+                "the bookmark stays where it was"
+                if state is not None
+                else "no ACTIVATE_VERSION is sent, so the target deletes nothing",
+            )
+            if state is not None:
+                state.pop("checkpoint", None)
+                self.state_manager.is_flushed = False
         self._log_progress(walk, done=True)
 
     def _resume(
@@ -819,26 +887,28 @@ class ConnectionsStream(RESTStream[str]):
         checkpoint: dict[str, t.Any],
         state: dict[str, t.Any] | None,
         counter: t.Any,
-    ) -> Generator[dict[str, str], None, str | None]:
-        """Read the new head down to the checkpoint's newest instant, then go on from its cursor.
+    ) -> Generator[dict[str, t.Any], None, str | None]:
+        """Read the new head down to the checkpoint's newest instant, then go on from its page.
 
         Returns:
             How the walk ended, or None if the checkpoint was stale and the mode must be read
             from the top.
         """
-        head = _Walk(walk.context, checkpoint["newest"], frozenset(checkpoint["newest_keys"]))
+        head = _Walk(
+            walk.context, checkpoint["newest"], frozenset(checkpoint["newest_keys"]), walk.sent
+        )
         ended = yield from self._read(head, None, None, counter)
         walk.absorb(head, checkpoint)
         if ended == "cut":
             return ended
         # Whatever the head did (even reach the last page, out of order or on a shrunken
-        # list), what lies below the checkpoint's newest instant is only read from its cursor.
+        # list), what lies below the checkpoint's newest instant is only read from its page.
         try:
-            return (
-                yield from self._read(
-                    walk, checkpoint["cursor"], state, counter, checkpoint["last"]
-                )
-            )
+            if self.PAGES_SHIFT and walk.unordered:
+                msg = "the list is not newest first, so a page number does not say where it was"
+                raise _StaleCheckpoint(msg)
+            token = self._resume_token(checkpoint, head)
+            return (yield from self._read(walk, token, state, counter, checkpoint["last"]))
         except _StaleCheckpoint as exc:
             self.logger.warning(
                 "The checkpoint for %s cannot be used (%s): reading this mode from the top "
@@ -847,46 +917,63 @@ class ConnectionsStream(RESTStream[str]):
                 exc,
             )
             walk.last, walk.unordered = "", head.unordered  # the top is read afresh
+            walk.resumed = False
             return None
 
-    def _read(  # noqa: PLR0912
+    def _resume_token(self, checkpoint: dict[str, t.Any], head: _Walk) -> str:
+        """The page to go on from: the checkpoint's own (a cursor does not shift).
+
+        Raises:
+            _StaleCheckpoint: If the checkpoint cannot say where to go on.
+        """
+        return str(checkpoint["cursor"])
+
+    def _read(  # noqa: PLR0912, PLR0915
         self,
         walk: _Walk,
-        cursor: str | None,
+        token: str | None,
         state: dict[str, t.Any] | None,
         counter: t.Any,
         at_most: str = "",
-    ) -> Generator[dict[str, str], None, str]:
-        """Read pages from `cursor` down to `walk.floor`, checkpointing into `state` after each.
+    ) -> Generator[dict[str, t.Any], None, str]:
+        """Read pages from `token` down to `walk.floor`, checkpointing into `state` after each.
 
         Args:
             walk: The walk to read and update.
-            cursor: Where to start; None for the first page.
+            token: Where to start; None for the first page.
             state: The partition's state to checkpoint into, or None.
             counter: The request counter.
-            at_most: Resuming: the first page must not start after this instant.
+            at_most: Resuming: the last instant read before. With a cursor the first page
+                must not start after it; where pages shift, what is newer is skipped as read.
 
         Returns:
-            "floor" (reached the bookmark), "end" (an explicit null cursor) or "cut" (a dry
-            run's record limit).
+            "floor" (reached the bookmark), "end" (the last page) or "cut" (a dry run's record
+            limit).
 
         Raises:
             _StaleCheckpoint: If `at_most` is set and the first page is refused or too new.
-            SmartcarAPIError: If the API hands out a cursor it already gave (a paging loop) or
-                empty pages without end.
+            SmartcarAPIError: If the API hands out a page token it already gave (a paging
+                loop) or empty pages without end.
         """
         fetch = self.request_decorator(self._fetch_page)
         limit = self.ABORT_AT_RECORD_COUNT  # set in a dry run (`--test`)
-        started, floor, skip = self.started, walk.floor, walk.skip
+        started, floor, skip, shift = self.started, walk.floor, walk.skip, self.PAGES_SHIFT
+        above, at_most = (at_most, "") if shift else ("", at_most)
         seen: set[str] = set()
         empty = 0
         while True:
             if limit is not None and self._emitted >= limit:
                 return "cut"  # stop a dry run without the SDK's abort, an error on a good test
-            records, cursor = _fetch_from_checkpoint(fetch, walk.context, cursor, at_most)
-            at_most = ""
+            page = _fetch_from_checkpoint(fetch, walk.context, token, at_most)
+            records, token, at_most = page.records, page.next, ""
             counter.increment()
             walk.pages += 1
+            if page.total is not None:
+                walk.totals.add(page.total)
+                walk.total = page.total
+            if not page.ordered and not walk.unordered:
+                walk.unordered = True
+                self._warn_unordered(walk.context, walk.pages, "", "")
             if limit is not None:
                 records = records[: limit - self._emitted]
                 self._emitted += len(records)
@@ -894,34 +981,45 @@ class ConnectionsStream(RESTStream[str]):
             previous, newest, keys = walk.last, walk.newest, walk.newest_keys
             for record in records:
                 stamp = record["connectedAt"]
+                if above:
+                    if stamp > above:
+                        continue  # read before the interruption, shifted down since
+                    above = ""
                 if stamp > previous and previous and not walk.unordered:
                     walk.unordered = True
                     self._warn_unordered(walk.context, walk.pages, stamp, previous)
                 previous = stamp
+                key = _key(record) if shift or (stamp == floor and skip) else ""
+                if shift:
+                    walk.read.add(key)
                 if stamp < floor:
                     reached = True
                     continue
-                if stamp == floor and skip and _key(record) in skip:
+                if stamp == floor and skip and key in skip:
                     continue
                 if stamp > started:
                     self._warn_future(record)
                 elif stamp >= newest:
                     if stamp > newest:
                         newest, keys = stamp, set()
-                    keys.add(_key(record))
+                    keys.add(key or _key(record))
+                if shift:
+                    if key in walk.sent:
+                        continue
+                    walk.sent.add(key)
                 walk.records += 1
                 yield record
             walk.last, walk.newest, walk.newest_keys = previous, newest, keys
             walk.top = walk.top or (records[0]["connectedAt"] if records else "")
-            if cursor is None:
+            if token is None:
                 return "end"
             if (reached and not walk.unordered) or (limit is not None and self._emitted >= limit):
                 return "cut" if limit is not None and self._emitted >= limit else "floor"
             empty = 0 if records else empty + 1
-            _check_paging(walk, cursor, seen, empty)
-            seen.add(cursor)
-            if state is not None and walk.newest:
-                state["checkpoint"] = walk.checkpoint(cursor, self.config["page_size"])
+            _check_paging(walk, token, seen, empty)
+            seen.add(token)
+            if state is not None and walk.newest and not (shift and walk.unordered):
+                state["checkpoint"] = walk.checkpoint(token, self.config["page_size"])
                 self.state_manager.is_flushed = False
                 self._write_state_message()
             self._log_progress(walk)
@@ -936,13 +1034,16 @@ class ConnectionsStream(RESTStream[str]):
         )
 
     def _warn_unordered(self, context: Context | None, page: int, stamp: str, before: str) -> None:
+        why = (
+            f"page {page} has {stamp} after {before}"
+            if stamp
+            else "the API does not say so (meta.orderDirection is not desc)"
+        )
         self.logger.warning(
-            "Smartcar API pages for %s are not newest first (page %d has %s after %s): "
-            "reading this mode to its last page instead of stopping at the bookmark",
+            "Smartcar API pages for %s are not newest first (%s): reading this mode to its "
+            "last page instead of stopping at the bookmark",
             json.dumps(context),
-            page,
-            stamp,
-            before,
+            why,
         )
 
     def _walk_state(self, context: Context | None) -> dict[str, t.Any] | None:
@@ -965,10 +1066,30 @@ class ConnectionsStream(RESTStream[str]):
         """
         if self.replication_method != "INCREMENTAL":
             return "", frozenset()
+        start_date = self.config.get("start_date")
+        made_under = (state or {}).get("api_version", "v2")
+        if state is not None and made_under != self.API_VERSION:
+            fresh = not (state.get("replication_key_value") or state.get("checkpoint"))
+            if not fresh:
+                self.logger.warning(
+                    "The bookmark for %s was made under API %s, not %s: reading this mode "
+                    "afresh (once) from %s",
+                    json.dumps(context),
+                    printable(made_under, 10),
+                    self.API_VERSION,
+                    start_date or "the beginning",
+                )
+            for key in ("replication_key_value", "keys_at_bookmark", "checkpoint"):
+                state.pop(key, None)
+            if self.API_VERSION == "v2":
+                state.pop("api_version", None)
+            else:
+                state["api_version"] = self.API_VERSION
+            if not fresh:
+                return (normalize_timestamp(start_date) if start_date else ""), frozenset()
         start = self.get_starting_replication_key_value(context)
         floor = normalize_timestamp(start) if start else ""
         if floor > self.started:
-            start_date = self.config.get("start_date")
             self.logger.warning(
                 "The bookmark for %s is %s, after this run started (%s), so it cannot be "
                 "right: reading this mode again from %s",
@@ -1049,39 +1170,4 @@ class ConnectionsStream(RESTStream[str]):
             walk.floor or "the beginning",
             walk.pages / elapsed * 60,
             f", about {estimate / 60:.0f} min left" if estimate is not None and not done else "",
-        )
-
-    @override
-    def get_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
-        """Yield the partition's records; after the last partition, activate the version.
-
-        A full refresh's ACTIVATE_VERSION is sent only here, after every partition was read
-        to a page whose `paging.cursor` was an explicit null, so a failed, interrupted or
-        dry-run refresh never lets a target delete rows.
-        """
-        if self._full_refresh_versioned:
-            self._stream_version = self._tap.initialized_at
-        yield from super().get_records(context)
-        if (
-            self._full_refresh_versioned
-            and context == self.partitions[-1]
-            and self.ABORT_AT_RECORD_COUNT is None
-            and self._complete_walks == len(self.partitions)
-        ):
-            self._write_activate_version_message(self._tap.initialized_at)
-
-    @override
-    def _finalize_state(self, state: dict[str, t.Any] | None = None) -> None:
-        """Write STATE as soon as a partition is done.
-
-        The SDK writes STATE only after the last partition, so a failure in a later mode would
-        throw away the bookmarks of the modes already read to the end.
-        """
-        super()._finalize_state(state)
-        self._write_state_message()
-
-    @property
-    def _full_refresh_versioned(self) -> bool:
-        return self.replication_method == "FULL_TABLE" and bool(
-            self.config.get("emit_activate_version_messages")
         )

@@ -33,6 +33,7 @@ from tap_smartcar_connections.client import (
     normalize_timestamp,
 )
 from tap_smartcar_connections.transport import install_log_redaction, redact, register_secret
+from tap_smartcar_connections.v2 import V2ConnectionsStream
 
 if t.TYPE_CHECKING:
     from types import FrameType
@@ -170,7 +171,7 @@ class TapSmartcarConnections(Tap):
 
     @override
     def discover_streams(self) -> list[Stream]:
-        return [ConnectionsStream(self)]
+        return [V2ConnectionsStream(self)]
 
     @classmethod
     @override

@@ -79,7 +79,9 @@ def test_records_are_normalised_and_match_the_schema(
     schema = next(m for m in run.messages if m["type"] == "SCHEMA")
     assert schema["key_properties"] == ["userId", "vehicleId"]
     assert schema["bookmark_properties"] == ["connectedAt"]
-    assert all(set(r) == {"userId", "vehicleId", "connectedAt", "mode"} for r in run.records)
+    assert all(set(r) == set(schema["schema"]["properties"]) for r in run.records)
+    v3_only = {"connectionId", "permissions", "make", "model", "year", "powertrainType"}
+    assert all(r[name] is None for r in run.records for name in [*v3_only, "updatedAt"])
     assert all(re.match(NORMALISED, r["connectedAt"]) for r in run.records)
 
 
