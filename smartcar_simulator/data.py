@@ -176,9 +176,16 @@ def _v3_value(key: str, value: Any) -> Any:
     return value
 
 
-def _pair_rng(*parts: str) -> random.Random:
-    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
-    return random.Random(int.from_bytes(digest[:8]))  # noqa: S311 -- reproducible data
+def _pair_digest(*parts: str) -> bytes:
+    # A hash, not a seeded generator: cheap enough to derive 30,000 connections on the fly.
+    return hashlib.sha256("\x1f".join(parts).encode()).digest()
+
+
+def _digest_uuid4(digest: bytes) -> str:
+    value = int.from_bytes(digest[:16])
+    value = value & ~(0xF000 << 64 | 0xC000 << 48) | (0x4000 << 64 | 0x8000 << 48)
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def vehicle_details(user_id: str, vehicle_id: str) -> dict[str, Any]:
@@ -191,12 +198,12 @@ def vehicle_details(user_id: str, vehicle_id: str) -> dict[str, Any]:
     Returns:
         `make`, `model`, `year` and `powertrainType`, the same on every call.
     """
-    rng = _pair_rng("vehicle", user_id, vehicle_id)
-    make, model, powertrain = _VEHICLES[rng.randrange(len(_VEHICLES))]
+    digest = _pair_digest("vehicle", user_id, vehicle_id)
+    make, model, powertrain = _VEHICLES[digest[0] % len(_VEHICLES)]
     return {
         "make": make,
         "model": model,
-        "year": 2014 + rng.randrange(12),
+        "year": 2014 + digest[1] % 12,
         "powertrainType": powertrain,
     }
 
@@ -212,13 +219,13 @@ def derived_details(user_id: str, vehicle_id: str, created_at: str) -> dict[str,
     Returns:
         A value for every one of `V3_KEYS` (permissions as a tuple).
     """
-    rng = _pair_rng("connection", user_id, vehicle_id)
-    connection_id = _uuid4(rng)
-    extra = sorted(rng.sample(_PERMISSIONS, 1 + rng.randrange(4)))
-    later = instant(created_at) + rng.randrange(_NINETY_DAYS_US)
+    digest = _pair_digest("connection", user_id, vehicle_id)
+    mask = int.from_bytes(digest[16:18])
+    extra = sorted(p for i, p in enumerate(_PERMISSIONS) if mask >> i & 1)
+    later = instant(created_at) + int.from_bytes(digest[18:26]) % _NINETY_DAYS_US
     later = -(-later // 1000) * 1000  # whole milliseconds, never before created_at
     return {
-        "connectionId": connection_id,
+        "connectionId": _digest_uuid4(digest),
         "permissions": ("read_vehicle_info", *extra),
         **vehicle_details(user_id, vehicle_id),
         "updatedAt": _format_instant(later, 3),
