@@ -24,6 +24,13 @@ def _read_data(path: Path) -> list[dict[str, str]]:
     return data
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    # Write then rename, so a script polling the file never reads half of it.
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the simulator until SIGTERM or SIGINT.
 
@@ -35,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(
         prog="python -m smartcar_simulator",
-        description="Serve a simulated Smartcar Management API on 127.0.0.1.",
+        description="Serve a simulated Smartcar API (Management API v2.0, API v3) on 127.0.0.1.",
     )
     parser.add_argument("--connections", type=int, default=250, help="connections to generate")
     parser.add_argument("--data", type=Path, help="JSON list of connections to serve instead")
@@ -43,6 +50,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--token", default="sim-token", help="management token to accept")
     parser.add_argument("--port", type=int, default=0, help="port (0: any free port)")
     parser.add_argument("--url-file", type=Path, help="write the API URL here once listening")
+    parser.add_argument(
+        "--settings-file",
+        type=Path,
+        help="write a JSON object of every URL and credential here once listening",
+    )
+    parser.add_argument(
+        "--client-id", default="client_sim0000000000000000", help="v3 client id to accept"
+    )
+    parser.add_argument(
+        "--client-secret", default="sim-client-secret", help="v3 client secret to accept"
+    )
+    parser.add_argument(
+        "--token-lifetime", type=int, default=3600, help="seconds a v3 access token is valid"
+    )
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added per request")
     parser.add_argument("--rate-limit-bucket", type=int, help="token bucket capacity")
     parser.add_argument(
@@ -63,7 +84,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         chaos_rate=args.chaos_rate,
         chaos_seed=args.seed,
     )
-    simulator = SmartcarSimulator(data, token=args.token, faults=faults, port=args.port)
+    simulator = SmartcarSimulator(
+        data,
+        token=args.token,
+        faults=faults,
+        port=args.port,
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        token_lifetime=args.token_lifetime,
+    )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -71,10 +100,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         print(f"Smartcar simulator listening on {url} ({len(simulator)} connections)", flush=True)
         if args.url_file:
-            # Write then rename, so a script polling the file never reads half a URL.
-            partial = args.url_file.with_name(args.url_file.name + ".tmp")
-            partial.write_text(url + "\n", encoding="utf-8")
-            partial.replace(args.url_file)
+            _write_atomically(args.url_file, url + "\n")
+        if args.settings_file:
+            settings = {
+                "api_url": url,
+                "management_token": simulator.token,
+                "v3_token_url": simulator.v3_token_url,
+                "v3_vehicle_api_url": simulator.v3_vehicle_api_url,
+                "v3_management_api_url": simulator.v3_management_api_url,
+                "client_id": simulator.client_id,
+                "client_secret": simulator.client_secret,
+            }
+            _write_atomically(args.settings_file, json.dumps(settings, indent=2) + "\n")
         while not stop.wait(1.0):
             pass
     finally:

@@ -48,6 +48,18 @@ class Faults:
     """A token bucket of this capacity: each request takes a token, an empty bucket gives 429
     with Retry-After = seconds until the next token."""
     rate_limit_refill_per_minute: float = 2.0
+    token_status: int | None = None
+    """The v3 token endpoint answers only with this status (an OAuth error body for a 4xx, a
+    JSON:API error for a 429 or 5xx)."""
+    v3_order: str = "desc"
+    """v3 connections: "desc" (newest first, said in `meta.orderDirection`), "asc" (oldest
+    first, said) or "unstated" (newest first, `meta` has no `orderBy`/`orderDirection`)."""
+    v3_omit_links: bool = False
+    """v3 lists have no `links` at all."""
+    v3_next_elsewhere: str | None = None
+    """v3 lists' `links.next`, where not null, is this absolute URL instead."""
+    v3_total_offset: int = 0
+    """v3 lists report `meta.totalCount` off by this much."""
 
 
 def every(k: int, n: int) -> bool:
@@ -102,6 +114,41 @@ class TokenBucket:
             self._tokens -= 1
             return None
         return (1 - self._tokens) / per_second if per_second > 0 else 3600.0
+
+
+class FaultState:
+    """What injected faults depend on, shared by every face so that they count together.
+
+    Not thread-safe: the simulator serialises requests with its lock.
+    """
+
+    def __init__(self) -> None:
+        self.seq = 0
+        """Requests since the start or the last `reset()`."""
+        self.pages_ok = 0
+        """Good (200, whole) pages since then."""
+        self.chaos = ChaosPicker()
+        self.bucket = TokenBucket()
+        """The one rate-limit bucket of every face."""
+
+    def reset(self) -> None:
+        """Restart the request and page counters and the chaos sequence."""
+        self.seq = 0
+        self.pages_ok = 0
+        self.chaos.reset()
+
+    def count(self) -> int:
+        """Count one more request and return its number."""
+        self.seq += 1
+        return self.seq
+
+    def failure(self, faults: Faults, chaos: str | None) -> tuple[int, str | None, str] | None:
+        """Return this request's injected failure (see `injected_failure`), or None."""
+        return injected_failure(faults, chaos, self.seq, self.pages_ok, self.bucket)
+
+    def truncates(self, faults: Faults, chaos: str | None) -> bool:
+        """Whether this request's 200 body is cut in half."""
+        return chaos == "truncated" or every(faults.truncate_every, self.seq)
 
 
 def injected_failure(

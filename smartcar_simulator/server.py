@@ -1,4 +1,8 @@
-"""The simulator as a server: `SmartcarSimulator`, its HTTP handler, admin routes and log."""
+"""The simulator as a server: `SmartcarSimulator`, its HTTP handler, admin routes and log.
+
+One server serves every face on one port: v2 under `/v2.0`, the OAuth token endpoint at
+`/oauth2/token`, API v3 under `/vehicle/v3` and `/management/v3`, admin under `/_admin`.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +13,45 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .data import MODES, Connection, ConnectionStore
-from .faults import Faults
+from .data import (
+    MODES,
+    V3_MODES,
+    Connection,
+    ConnectionStore,
+    generate_subscriptions,
+    generate_webhooks,
+)
+from .faults import Faults, FaultState
 from .v2 import ManagementApi, Reply
+from .v3 import (
+    MAX_BODY,
+    TOKEN_PATH,
+    V3_MANAGEMENT_PREFIX,
+    V3_VEHICLE_PREFIX,
+    V3Api,
+    parse_token_body,
+    redact,
+    token_error,
+)
 
 
 @dataclass(frozen=True)
 class RequestLog:
-    """One request to the API (admin requests are not logged)."""
+    """One request to an API face or the token endpoint (admin requests are not logged)."""
 
     time: float
     """`time.monotonic()` when the request arrived."""
     path: str
     params: dict[str, str]
-    """The URL-decoded query."""
+    """The URL-decoded query; for the token endpoint the body's fields, the client secret
+    replaced by `***`."""
     status: int
     """The status sent, or 0 when the connection was reset without a response."""
     count: int = 0
@@ -41,38 +63,66 @@ class RequestLog:
 
 
 class SmartcarSimulator:
-    """An in-process Smartcar Management API server on 127.0.0.1.
+    """An in-process Smartcar API server on 127.0.0.1: Management API v2.0 and API v3.
 
     Connections are kept per mode in ascending `SortKey` order next to their pre-encoded JSON,
-    so an unfiltered page costs a bisect plus `limit` rows whatever the data size.
+    so an unfiltered page costs a bisect plus `limit` rows whatever the data size. Both faces
+    serve the same connections (v3 hides test-mode ones) and share the fault counters and the
+    rate-limit bucket.
     """
 
     def __init__(
         self,
-        connections: Iterable[Mapping[str, str]] | None = None,
+        connections: Iterable[Mapping[str, Any]] | None = None,
         *,
         token: str = "sim-token",  # noqa: S107 -- the simulator's own fake token
         faults: Faults | None = None,
         port: int = 0,
+        client_id: str = "client_sim0000000000000000",
+        client_secret: str = "sim-client-secret",  # noqa: S107 -- a fake secret
+        token_lifetime: int = 3600,
+        webhooks: Iterable[Mapping[str, Any]] | None = None,
+        subscriptions: Iterable[Mapping[str, Any]] | None = None,
     ) -> None:
         """Load the data; nothing listens until `start()`.
 
         Args:
-            connections: API-shaped connections; a later duplicate (userId, vehicleId) wins.
-            token: The management token that Basic auth must carry.
+            connections: API-shaped connections (v2 fields, optionally v3 ones such as
+                `connectionId` or `make`); a later duplicate (userId, vehicleId) wins.
+            token: The management token that v2 Basic auth must carry.
             faults: Fault knobs (all off by default).
             port: Port to bind; 0 picks a free one.
+            client_id: The v3 client id the token endpoint accepts.
+            client_secret: The v3 client secret the token endpoint accepts.
+            token_lifetime: Seconds a v3 access token is valid (`expires_in`).
+            webhooks: Webhooks, flat or API-shaped (see `webhook_record`); None for 3
+                generated ones.
+            subscriptions: Subscriptions, flat or API-shaped (see `subscription_record`); None
+                for 2 generated per webhook, drawn from the live and simulated connections.
         """
         self.token = token
         self.faults = faults or Faults()
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.token_lifetime = token_lifetime
         self.requests: list[RequestLog] = []
+        self.before_request: list[Callable[[str, dict[str, str]], None]] = []
+        """Called with the path and decoded params before any API or token request is
+        answered, outside the lock: a hook may call `add()` or `remove()`."""
         self._port = port
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._url = ""
+        self._root = ""
         self._store = ConnectionStore(connections or ())
-        self._api = ManagementApi(self._store)
+        state = FaultState()
+        self._api = ManagementApi(self._store, state)
+        hooks = generate_webhooks(3) if webhooks is None else list(webhooks)
+        if subscriptions is None:
+            live = [c for mode in V3_MODES for c in self._store.items(mode, newest_first=False)]
+            subscriptions = generate_subscriptions(hooks, live)
+        self._v3 = V3Api(self._store, state, hooks, subscriptions)
 
     def start(self) -> str:
         """Listen on 127.0.0.1 in a daemon thread.
@@ -89,7 +139,8 @@ class SmartcarSimulator:
                 daemon=True,
             )
             self._server = server
-            self._url = f"http://127.0.0.1:{server.server_address[1]}/v2.0"
+            self._root = f"http://127.0.0.1:{server.server_address[1]}"
+            self._url = f"{self._root}/v2.0"
             self._thread.start()
         return self._url
 
@@ -130,7 +181,55 @@ class SmartcarSimulator:
             raise RuntimeError("the simulator is not started")
         return self._url
 
-    def add(self, *connections: Mapping[str, str]) -> None:
+    def _started_root(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the simulator is not started")
+        return self._root
+
+    @property
+    def v3_token_url(self) -> str:
+        """The OAuth token endpoint (`.../oauth2/token`) while started.
+
+        Raises:
+            RuntimeError: The simulator is not started.
+        """
+        return self._started_root() + TOKEN_PATH
+
+    @property
+    def v3_vehicle_api_url(self) -> str:
+        """The v3 Vehicle API base URL (`.../vehicle/v3`) while started.
+
+        Raises:
+            RuntimeError: The simulator is not started.
+        """
+        return self._started_root() + V3_VEHICLE_PREFIX
+
+    @property
+    def v3_management_api_url(self) -> str:
+        """The v3 Management API base URL (`.../management/v3`) while started.
+
+        Raises:
+            RuntimeError: The simulator is not started.
+        """
+        return self._started_root() + V3_MANAGEMENT_PREFIX
+
+    @property
+    def tokens_issued(self) -> int:
+        """How many v3 access tokens the token endpoint has issued."""
+        with self._lock:
+            return self._v3.tokens_issued
+
+    def revoke_tokens(self) -> None:
+        """Make every access token issued so far invalid (a 401 on its next use)."""
+        with self._lock:
+            self._v3.revoke_tokens()
+
+    def expire_tokens(self) -> None:
+        """Make every access token issued so far expired now (a 401 on its next use)."""
+        with self._lock:
+            self._v3.expire_tokens()
+
+    def add(self, *connections: Mapping[str, Any]) -> None:
         """Add connections (replacing any with the same userId and vehicleId).
 
         Args:
@@ -172,6 +271,62 @@ class SmartcarSimulator:
         result: list[dict[str, str]] = json.loads(b"[" + b",".join(rows) + b"]")
         return result
 
+    def connections_v3(self, mode: str = "live") -> list[dict[str, Any]]:
+        """Return what v3 serves for a mode, as flat records in the API's order.
+
+        Args:
+            mode: "live" or "simulated".
+
+        Returns:
+            `{userId, vehicleId, connectedAt, mode, connectionId, permissions, make, model,
+            year, powertrainType, updatedAt}` per connection, `connectedAt` being the served
+            `meta.createdAt`; oldest first when `faults.v3_order` is "asc", else newest first.
+
+        Raises:
+            ValueError: The mode is not a v3 mode.
+        """
+        if mode not in V3_MODES:
+            raise ValueError(f"unknown v3 mode {mode!r}")
+        with self._lock:
+            items = self._store.items(mode, newest_first=self.faults.v3_order != "asc")
+        return [item.v3_dict() for item in items]
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """Return the webhooks as flat records, newest first (the API's order)."""
+        with self._lock:
+            return json.loads(json.dumps(self._v3.webhooks))  # type: ignore[no-any-return]
+
+    def subscriptions(self, mode: str = "live") -> list[dict[str, Any]]:
+        """Return a mode's subscriptions as flat records, newest first (the API's order).
+
+        Raises:
+            ValueError: The mode is not a v3 mode.
+        """
+        if mode not in V3_MODES:
+            raise ValueError(f"unknown v3 mode {mode!r}")
+        with self._lock:
+            return [dict(s) for s in self._v3.subscriptions if s["mode"] == mode]
+
+    def add_webhook(self, webhook: Mapping[str, Any]) -> None:
+        """Add a webhook, flat or API-shaped (replacing one with the same id)."""
+        with self._lock:
+            self._v3.add_webhook(webhook)
+
+    def remove_webhook(self, webhook_id: str) -> bool:
+        """Remove a webhook, returning whether it existed."""
+        with self._lock:
+            return self._v3.remove_webhook(webhook_id)
+
+    def add_subscription(self, subscription: Mapping[str, Any]) -> None:
+        """Add a subscription, flat or API-shaped (replacing one with the same id)."""
+        with self._lock:
+            self._v3.add_subscription(subscription)
+
+    def remove_subscription(self, subscription_id: str) -> bool:
+        """Remove a subscription, returning whether it existed."""
+        with self._lock:
+            return self._v3.remove_subscription(subscription_id)
+
     def rotate_cursor_secret(self) -> None:
         """Sign cursors with a new key: every cursor handed out before is refused with a 400."""
         with self._lock:
@@ -190,8 +345,11 @@ class SmartcarSimulator:
         query: str,
         authorization: str | None,
         client_port: int = 0,
+        *,
+        body: bytes = b"",
+        content_type: str | None = None,
     ) -> Reply:
-        """Answer one API request and log it (called by the HTTP handler).
+        """Answer one API or token request and log it (called by the HTTP handler).
 
         Args:
             method: HTTP method.
@@ -199,18 +357,42 @@ class SmartcarSimulator:
             query: Raw query string.
             authorization: The Authorization header.
             client_port: The client's TCP port, for the log.
+            body: The request body.
+            content_type: Its Content-Type header.
 
         Returns:
             What to send.
         """
         arrived = time.monotonic()
-        params = dict(parse_qsl(query, keep_blank_values=True))
+        fields: dict[str, str] | None = None
+        if path == TOKEN_PATH:
+            fields = parse_token_body(body, content_type)
+            params = redact(fields or {})
+        else:
+            params = dict(parse_qsl(query, keep_blank_values=True))
+        for hook in list(self.before_request):
+            hook(path, dict(params))
         if self.faults.latency > 0:
             time.sleep(self.faults.latency)
         with self._lock:
-            reply = self._api.answer(
-                method, path, params, authorization, token=self.token, faults=self.faults
-            )
+            faults = self.faults
+            if path == TOKEN_PATH:
+                reply = self._v3.token(
+                    method,
+                    fields,
+                    client_id=self.client_id,
+                    client_secret=self.client_secret,
+                    lifetime=self.token_lifetime,
+                    faults=faults,
+                )
+            elif path.startswith((V3_VEHICLE_PREFIX + "/", V3_MANAGEMENT_PREFIX + "/")):
+                reply = self._v3.answer(
+                    method, path, params, authorization, root=self._root, faults=faults
+                )
+            else:
+                reply = self._api.answer(
+                    method, path, params, authorization, token=self.token, faults=faults
+                )
             self.requests.append(
                 RequestLog(
                     arrived, path, params, reply.status, reply.count, reply.fault, client_port
@@ -248,6 +430,9 @@ class SmartcarSimulator:
                 case "GET", "/_admin/requests":
                     with self._lock:
                         payload = [asdict(entry) for entry in self.requests]
+                case "DELETE", "/_admin/tokens":
+                    self.revoke_tokens()
+                    payload = {"revoked": True}
                 case "DELETE", "/_admin/requests":
                     self.clear_log()
                     payload = {"cleared": True}
@@ -290,14 +475,25 @@ class _Handler(BaseHTTPRequestHandler):
         """Serve any method: routing is by path."""
         url = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length > 0 else b""
         simulator = self.server.simulator
-        if url.path == "/_admin" or url.path.startswith("/_admin/"):
+        admin = url.path == "/_admin" or url.path.startswith("/_admin/")
+        if not admin and length > MAX_BODY:
+            # Unread, the body would be taken for the next request: answer and hang up.
+            self.close_connection = True
+            reply = token_error(413, f"The body is larger than {MAX_BODY} bytes.")
+        elif admin:
+            body = self.rfile.read(length) if length > 0 else b""
             reply = simulator.handle_admin(self.command, url.path, url.query, body)
         else:
-            authorization = self.headers.get("Authorization")
+            body = self.rfile.read(length) if length > 0 else b""
             reply = simulator.handle_api(
-                self.command, url.path, url.query, authorization, self.client_address[1]
+                self.command,
+                url.path,
+                url.query,
+                self.headers.get("Authorization"),
+                self.client_address[1],
+                body=body,
+                content_type=self.headers.get("Content-Type"),
             )
         if reply.fault == "reset":
             # A zero linger makes close() send RST, like a proxy dropping the connection.

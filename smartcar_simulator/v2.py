@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from .data import MODES, ConnectionStore, CursorCodec
-from .faults import ChaosPicker, Faults, TokenBucket, every, injected_failure
+from .faults import Faults, FaultState
 
 CONNECTIONS_PATH = "/v2.0/management/connections"
 
-_DOCS = "https://smartcar.com/docs/errors/api-errors/"
-_ERRORS: dict[int, tuple[str, str | None, str, str, str | None]] = {
+DOCS = "https://smartcar.com/docs/errors/api-errors/"
+ERRORS: dict[int, tuple[str, str | None, str, str, str | None]] = {
     # status: (type, code, docs page, description, resolution type)
     400: (
         "VALIDATION",
@@ -128,13 +128,13 @@ def error_reply(
             "</center><hr><center>nginx</center></body></html>\n"
         )
         return Reply(status, page.encode(), headers, "text/html", fault=fault)
-    fallback = _ERRORS[400 if status < 500 else 500]
-    kind, code, docs, default, resolution = _ERRORS.get(status, fallback)
+    fallback = ERRORS[400 if status < 500 else 500]
+    kind, code, docs, default, resolution = ERRORS.get(status, fallback)
     error = {
         "type": kind,
         "code": code,
         "description": description or default,
-        "docURL": _DOCS + docs,
+        "docURL": DOCS + docs,
         "statusCode": status,
         "requestId": str(uuid.uuid4()),
         "resolution": {"type": resolution},
@@ -160,27 +160,21 @@ class ManagementApi:
     Not thread-safe: the simulator serialises requests with its lock.
     """
 
-    def __init__(self, store: ConnectionStore) -> None:
+    def __init__(self, store: ConnectionStore, state: FaultState | None = None) -> None:
         """Serve `store`; nothing is counted yet.
 
         Args:
             store: The connections to serve.
+            state: Fault counters and rate-limit bucket, shared with other faces; new if None.
         """
         self.store = store
         self.cursors = CursorCodec()
-        self.seq = 0
-        """Requests since the start or the last `reset_counters()`."""
-        self.pages_ok = 0
-        """Good (200, whole) pages since then."""
-        self._chaos = ChaosPicker()
-        self._bucket = TokenBucket()
+        self.state = state or FaultState()
         self._origins: dict[str, str] = {}
 
     def reset_counters(self) -> None:
         """Restart the request and page counters and the chaos sequence."""
-        self.seq = 0
-        self.pages_ok = 0
-        self._chaos.reset()
+        self.state.reset()
 
     def answer(
         self,
@@ -205,26 +199,26 @@ class ManagementApi:
         Returns:
             What to send.
         """
-        self.seq += 1
+        self.state.count()
         if method != "GET" or path.rstrip("/") != CONNECTIONS_PATH:
             return error_reply(404, f"No route for {method} {path}.", html=faults.html_errors)
         if not authorized(authorization, token):
             return error_reply(401, html=faults.html_errors)
-        chaos = self._chaos.pick(faults)
+        chaos = self.state.chaos.pick(faults)
         if chaos == "reset":
             return Reply(0, fault="reset")
-        failure = injected_failure(faults, chaos, self.seq, self.pages_ok, self._bucket)
+        failure = self.state.failure(faults, chaos)
         if failure is not None:
             status, retry_after, fault = failure
             return error_reply(
                 status, html=faults.html_errors, retry_after=retry_after, fault=fault
             )
         reply = self._page(params, faults)
-        if reply.status == 200 and (chaos == "truncated" or every(faults.truncate_every, self.seq)):
+        if reply.status == 200 and self.state.truncates(faults, chaos):
             reply.body = reply.body[: len(reply.body) // 2]
             reply.fault = "truncated"
         elif reply.status == 200:
-            self.pages_ok += 1
+            self.state.pages_ok += 1
         return reply
 
     def _page(self, params: dict[str, str], faults: Faults) -> Reply:
