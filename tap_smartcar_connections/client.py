@@ -194,7 +194,7 @@ class _Walk:
             saved["total"] = self.total
         return saved
 
-    def doubt(self, ended: str) -> str | None:
+    def doubt(self, ended: str, noun: str = "connections") -> str | None:
         """Why a walk over shifting pages may have missed a connection, or None.
 
         A connection removed from a page already read pulls an unread one up onto it, where
@@ -206,7 +206,7 @@ class _Walk:
             return f"the list's size (meta.totalCount) changed during the walk ({sizes})"
         if ended == "end" and not self.resumed and self.total not in {None, len(self.read)}:
             return (
-                f"{len(self.read)} distinct connections were read but the list's size "
+                f"{len(self.read)} distinct {noun} were read but the list's size "
                 f"(meta.totalCount) is {self.total}"
             )
         return None

@@ -34,6 +34,12 @@ from tap_smartcar_connections.client import (
 )
 from tap_smartcar_connections.transport import install_log_redaction, redact, register_secret
 from tap_smartcar_connections.v2 import V2ConnectionsStream
+from tap_smartcar_connections.v3 import (
+    AccessToken,
+    SubscriptionsStream,
+    V3ConnectionsStream,
+    WebhooksStream,
+)
 
 if t.TYPE_CHECKING:
     from types import FrameType
@@ -59,22 +65,72 @@ class Interrupted(BaseException):
         self.exit_code = 128 + signum
 
 
+API_VERSIONS = ("v2", "v3")
+
 SETTINGS = th.PropertiesList(
+    th.Property(
+        "api_version",
+        th.StringType(allowed_values=list(API_VERSIONS)),
+        default="v2",
+        title="API Version",
+        description="Smartcar API to read: v2 (Management API v2.0, with management_token) "
+        "or v3 (with client_id and client_secret; adds vehicle details and the webhooks and "
+        "subscriptions streams). Each mode's bookmark belongs to one version: switching "
+        "reads each mode afresh, once.",
+    ),
     th.Property(
         "management_token",
         th.StringType,
-        required=True,
         secret=True,
         title="Management Token",
-        description="The application's Management API token (Smartcar Dashboard > "
-        "Configuration). Sent only as HTTP Basic auth `default:<token>`.",
+        description="API v2: the application's Management API token (Smartcar Dashboard > "
+        "Configuration); required when api_version is v2. Sent only as HTTP Basic auth "
+        "`default:<token>`.",
     ),
     th.Property(
         "api_url",
         th.StringType,
         default="https://management.smartcar.com/v2.0",
         title="API URL",
-        description="Base URL of the Smartcar Management API.",
+        description="API v2: base URL of the Smartcar Management API v2.0.",
+    ),
+    th.Property(
+        "client_id",
+        th.StringType,
+        title="Client ID",
+        description="API v3: the application's Client ID (Smartcar Dashboard > API "
+        "Credentials); required when api_version is v3.",
+    ),
+    th.Property(
+        "client_secret",
+        th.StringType,
+        secret=True,
+        title="Client Secret",
+        description="API v3: a Client Secret of the application (Smartcar Dashboard > API "
+        "Credentials; shown once when created); required when api_version is v3. Sent only "
+        "to v3_token_url.",
+    ),
+    th.Property(
+        "v3_token_url",
+        th.StringType,
+        default="https://iam.smartcar.com/oauth2/token",
+        title="API v3 Token URL",
+        description="API v3: where the client credentials are exchanged for an access token.",
+    ),
+    th.Property(
+        "v3_vehicle_api_url",
+        th.StringType,
+        default="https://vehicle.api.smartcar.com/v3",
+        title="API v3 Vehicle API URL",
+        description="API v3: base URL of the Vehicle API, which lists connections.",
+    ),
+    th.Property(
+        "v3_management_api_url",
+        th.StringType,
+        default="https://management.api.smartcar.com/v3",
+        title="API v3 Management API URL",
+        description="API v3: base URL of the Management API, which lists webhooks and "
+        "subscriptions.",
     ),
     th.Property(
         "start_date",
@@ -88,8 +144,8 @@ SETTINGS = th.PropertiesList(
         th.ArrayType(th.StringType(allowed_values=list(MODES))),
         default=["live", "simulated"],
         title="Modes",
-        description="Connection modes to extract (live, simulated, test). Each mode is "
-        "requested separately and keeps its own bookmark.",
+        description="Connection modes to extract (live, simulated, test; API v3 has no test "
+        "mode). Each mode is requested separately and keeps its own bookmark.",
     ),
     th.Property(
         "user_id",
@@ -148,10 +204,13 @@ SETTINGS = th.PropertiesList(
 class TapSmartcarConnections(Tap):
     """Extract every vehicle connection of a Smartcar application.
 
-    Reads Smartcar's Management API (`GET /management/connections`) with the application's
-    management token and emits one `connections` stream: who (`userId`) connected which
-    vehicle (`vehicleId`), when (`connectedAt`) and in which `mode`. Incremental by default,
-    with one bookmark per mode: a run reads only the newest pages, down to the bookmark. Select
+    Reads Smartcar's Management API v2.0 (`GET /management/connections`, with the
+    application's management token) or, with `api_version: v3`, Smartcar API v3 (`GET
+    /connections`, with the client credentials) and emits the `connections` stream: who
+    (`userId`) connected which vehicle (`vehicleId`), when (`connectedAt`) and in which `mode`;
+    under v3 also the connection's id, permissions and the vehicle's make, model, year and
+    powertrain, plus the `webhooks` and `subscriptions` streams. Incremental by default, with
+    one bookmark per mode: a run reads only the newest pages, down to the bookmark. Select
     FULL_TABLE (optionally with ACTIVATE_VERSION) to also remove disconnected vehicles.
     """
 
@@ -171,7 +230,15 @@ class TapSmartcarConnections(Tap):
 
     @override
     def discover_streams(self) -> list[Stream]:
-        return [V2ConnectionsStream(self)]
+        """`connections` under API v2; under v3 also `webhooks` and `subscriptions`."""
+        if self.config.get("api_version") != "v3":
+            return [V2ConnectionsStream(self)]
+        token = AccessToken()
+        return [
+            V3ConnectionsStream(self, token),
+            WebhooksStream(self, token),
+            SubscriptionsStream(self, token),
+        ]
 
     @classmethod
     @override
@@ -276,6 +343,7 @@ Usual commands:
 """
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+URL_SETTINGS = ("api_url", "v3_token_url", "v3_vehicle_api_url", "v3_management_api_url")
 
 
 def _check_values(config: dict[str, t.Any]) -> list[str]:
@@ -285,14 +353,25 @@ def _check_values(config: dict[str, t.Any]) -> list[str]:
     form, because the SDK compares the two.
     """
     problems = []
-    token = config.get("management_token")
-    if isinstance(token, str):
-        install_log_redaction()  # also when the tap is used as a library, not only by `main`
-        register_secret(token)
-        if not token.strip():
-            problems.append("setting 'management_token' is empty")
-    if isinstance(config.get("api_url"), str) and (problem := _check_api_url(config["api_url"])):
-        problems.append(f"setting 'api_url' {problem}")
+    install_log_redaction()  # also when the tap is used as a library, not only by `main`
+    for name in ("management_token", "client_secret"):
+        if isinstance(config.get(name), str):
+            register_secret(config[name])
+    version = str(config.get("api_version"))
+    needed = {"v2": ("management_token",), "v3": ("client_id", "client_secret")}.get(version, ())
+    for name in needed:
+        if config.get(name) is None:
+            where = " (Smartcar Dashboard > API Credentials)" if version == "v3" else ""
+            problems.append(f"setting '{name}' is required for api_version {version}{where}")
+        elif isinstance(config[name], str) and not config[name].strip():
+            problems.append(f"setting '{name}' is empty")
+    if version == "v3" and "test" in (config.get("modes") or ()):
+        problems.append(
+            "setting 'modes' cannot include test under api_version v3 (v3 has no test mode)"
+        )
+    for name in URL_SETTINGS:
+        if isinstance(config.get(name), str) and (problem := _check_api_url(config[name])):
+            problems.append(f"setting '{name}' {problem}")
     if isinstance(config.get("start_date"), str):
         try:
             config["start_date"] = normalize_timestamp(config["start_date"])
@@ -322,7 +401,7 @@ def _check_api_url(url: str) -> str | None:
         ),
         (
             parts.scheme not in {"http", "https"} or not parts.hostname,
-            "must be an https:// URL with a host, e.g. https://management.smartcar.com/v2.0",
+            "must be an https:// URL with a host",
         ),
         (
             bool(parts.query or parts.fragment) or url.endswith(("?", "#")),
@@ -330,7 +409,7 @@ def _check_api_url(url: str) -> str | None:
         ),
         (
             parts.username is not None or parts.password is not None,
-            "must not contain credentials: the token goes in management_token",
+            "must not contain credentials: they go in their own settings",
         ),
         (port == 0, "has an invalid port"),
         (not _is_host(parts.hostname or ""), "has an invalid host name"),
@@ -490,7 +569,10 @@ def main() -> None:
     except SystemExit as exc:
         # The SDK's --test prints no verdict; a failure has already raised SmartcarError.
         if exc.code in {0, None} and ("--test" in argv or "--test=all" in argv):
-            print(f"{name}: connection test passed: the API accepted the token", file=sys.stderr)
+            print(
+                f"{name}: connection test passed: the API accepted the credentials",
+                file=sys.stderr,
+            )
         raise
 
 
