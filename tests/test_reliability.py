@@ -274,7 +274,9 @@ def test_max_requests_per_minute_paces_requests(
     assert run.error is None
     times = [r.time for r in simulator.requests]
     assert len(times) >= 3
-    assert all(b - a >= 0.24 for a, b in itertools.pairwise(times))
+    # 0.25 s apart when sent; arrival adds jitter (the first request also connects), while
+    # unpaced requests arrive milliseconds apart.
+    assert all(b - a >= 0.2 for a, b in itertools.pairwise(times))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
