@@ -361,7 +361,13 @@ def _check_values(config: dict[str, t.Any]) -> list[str]:
     needed = {"v2": ("management_token",), "v3": ("client_id", "client_secret")}.get(version, ())
     for name in needed:
         if config.get(name) is None:
-            where = " (Smartcar Dashboard > API Credentials)" if version == "v3" else ""
+            where = (
+                " (Smartcar Dashboard > API Credentials)"
+                if version == "v3"
+                else " (or set api_version to v3 to use client_id and client_secret)"
+                if config.get("client_id") or config.get("client_secret")
+                else ""
+            )
             problems.append(f"setting '{name}' is required for api_version {version}{where}")
         elif isinstance(config[name], str) and not config[name].strip():
             problems.append(f"setting '{name}' is empty")
