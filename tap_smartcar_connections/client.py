@@ -158,7 +158,7 @@ class _Walk:
     total: int | None = None
     """The last of them."""
     read: set[str] = field(default_factory=set)
-    """Keys of every connection read, when pages shift (for the check against `total`)."""
+    """Every item read (`ConnectionsStream._identity`), when pages shift, to check `total`."""
     resumed: bool = False
     pages: int = 0
     records: int = 0
@@ -920,6 +920,10 @@ class ConnectionsStream(SmartcarStream):
             walk.resumed = False
             return None
 
+    def _identity(self, record: dict[str, t.Any], key: str) -> str:
+        """What tells list items apart, for the check against the list's size: the key here."""
+        return key
+
     def _resume_token(self, checkpoint: dict[str, t.Any], head: _Walk) -> str:
         """The page to go on from: the checkpoint's own (a cursor does not shift).
 
@@ -991,7 +995,7 @@ class ConnectionsStream(SmartcarStream):
                 previous = stamp
                 key = _key(record) if shift or (stamp == floor and skip) else ""
                 if shift:
-                    walk.read.add(key)
+                    walk.read.add(self._identity(record, key))
                 if stamp < floor:
                     reached = True
                     continue

@@ -479,6 +479,11 @@ class V3ConnectionsStream(_V3Stream, ConnectionsStream):
         return Page(records, page.next, page.total, ordered)
 
     @override
+    def _identity(self, record: dict[str, t.Any], key: str) -> str:
+        """The connection's own id: one user may connect one vehicle twice, and both count."""
+        return f"id:{record['connectionId']}"
+
+    @override
     def _resume_token(self, checkpoint: dict[str, t.Any], head: _Walk) -> str:
         """The page where the interrupted walk's next connection is now, or before it.
 
