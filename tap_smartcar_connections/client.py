@@ -338,6 +338,20 @@ def _failure_summary(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def mode_partitions(config: t.Mapping[str, t.Any]) -> list[dict[str, t.Any]]:
+    """One partition per configured mode, with the `user_id` and `vehicle_id` filters.
+
+    The filter keys are named like the record fields they restrict, so the SDK finds them
+    already present in every record (it adds a partition's keys to records that lack them).
+    """
+    filters = {
+        field: config[setting]
+        for field, setting in (("userId", "user_id"), ("vehicleId", "vehicle_id"))
+        if config.get(setting)
+    }
+    return [{"mode": mode, **filters} for mode in dict.fromkeys(config["modes"])]
+
+
 @dataclass
 class Page:
     """One page of a list, parsed."""
@@ -791,15 +805,9 @@ class ConnectionsStream(SmartcarStream):
         """One partition per configured mode, keyed by the filters too.
 
         A bookmark is only valid for the filter it was made under: one made for `user_id=A`
-        must not cut off user B's older connections. The filter keys are named like the
-        record fields they restrict, so the SDK finds them already present in every record.
+        must not cut off user B's older connections.
         """
-        filters = {
-            field: self.config[setting]
-            for field, setting in (("userId", "user_id"), ("vehicleId", "vehicle_id"))
-            if self.config.get(setting)
-        }
-        return [{"mode": mode, **filters} for mode in dict.fromkeys(self.config["modes"])]
+        return mode_partitions(self.config)
 
     @override
     def _increment_stream_state(

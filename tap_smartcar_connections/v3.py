@@ -32,6 +32,7 @@ from tap_smartcar_connections.client import (
     _Refused,
     _StaleCheckpoint,
     _Walk,
+    mode_partitions,
     normalize_timestamp,
 )
 from tap_smartcar_connections.transport import BrokenBody, origin, printable, register_secret
@@ -330,8 +331,19 @@ class _V3Stream(SmartcarStream):
                 self.token.discard(value)
         raise AssertionError  # pragma: no cover -- the loop returns or raises
 
-    def _list_params(self, context: Context | None, token: str | None) -> dict[str, t.Any]:
-        return {"page[size]": self.config["page_size"], "page[number]": int(token or 1)}
+    @override
+    def get_url_params(
+        self, context: Context | None, next_page_token: str | None
+    ) -> dict[str, t.Any]:
+        """The partition's filters (a missing one is not sent), page size and number."""
+        context = context or {}
+        return {
+            "filter[vehicle.mode]": context.get("mode"),
+            "filter[userId]": context.get("userId"),
+            "filter[vehicleId]": context.get("vehicleId"),
+            "page[size]": self.config["page_size"],
+            "page[number]": int(next_page_token or 1),
+        }
 
     def _decode(self, response: requests.Response, decoder: msgspec.json.Decoder[t.Any]) -> t.Any:
         try:
@@ -412,18 +424,6 @@ class V3ConnectionsStream(_V3Stream, ConnectionsStream):
     path = "/connections"
     API_VERSION = "v3"
     PAGES_SHIFT = True
-
-    @override
-    def get_url_params(
-        self, context: Context | None, next_page_token: str | None
-    ) -> dict[str, t.Any]:
-        context = context or {}
-        return {
-            "filter[vehicle.mode]": context["mode"],
-            "filter[userId]": context.get("userId"),
-            "filter[vehicleId]": context.get("vehicleId"),
-            **self._list_params(context, next_page_token),
-        }
 
     @override
     def _parse_page(self, response: requests.Response, token: str | None) -> Page:
@@ -606,12 +606,6 @@ class WebhooksStream(_ManagementStream):
     ).to_dict()
 
     @override
-    def get_url_params(
-        self, context: Context | None, next_page_token: str | None
-    ) -> dict[str, t.Any]:
-        return self._list_params(context, next_page_token)
-
-    @override
     def _parse_page(self, response: requests.Response, token: str | None) -> Page:
         body: _List[_Webhook] = self._decode(response, _WEBHOOKS)
         page = self._paging(response, body, token)
@@ -664,24 +658,7 @@ class SubscriptionsStream(_ManagementStream):
     @override
     def partitions(self) -> list[dict[str, t.Any]]:
         """One partition per configured mode, with the user and vehicle filters."""
-        filters = {
-            field: self.config[setting]
-            for field, setting in (("userId", "user_id"), ("vehicleId", "vehicle_id"))
-            if self.config.get(setting)
-        }
-        return [{"mode": mode, **filters} for mode in dict.fromkeys(self.config["modes"])]
-
-    @override
-    def get_url_params(
-        self, context: Context | None, next_page_token: str | None
-    ) -> dict[str, t.Any]:
-        context = context or {}
-        return {
-            "filter[vehicle.mode]": context["mode"],
-            "filter[userId]": context.get("userId"),
-            "filter[vehicleId]": context.get("vehicleId"),
-            **self._list_params(context, next_page_token),
-        }
+        return mode_partitions(self.config)
 
     @override
     def _parse_page(self, response: requests.Response, token: str | None) -> Page:
