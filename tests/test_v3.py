@@ -316,6 +316,25 @@ def test_an_unreachable_token_endpoint_names_v3_token_url(
     assert sim.requests == []
 
 
+def test_an_unreachable_vehicle_api_is_named_at_once_though_the_token_endpoint_answered(
+    tmp_path: Path, sim: SmartcarSimulator
+) -> None:
+    """The token endpoint answering says nothing about v3_vehicle_api_url: no retry budget spent.
+
+    The run would otherwise retry for max_retry_seconds (here ten minutes) and end without
+    naming the setting.
+    """
+    url = f"http://127.0.0.1:{free_port()}/vehicle/v3"
+
+    result = run_cli(tmp_path, v3(sim, v3_vehicle_api_url=url, max_retry_seconds=600), timeout=60)
+
+    assert result.exit_code != 0
+    (line,) = error_lines(result.stderr)
+    assert "cannot reach v3_vehicle_api_url" in line
+    assert "retrying" not in result.stderr
+    assert [r.path for r in sim.requests] == [TOKEN_PATH]
+
+
 # --- Filters, paging and records on the wire -------------------------------------------------
 
 
