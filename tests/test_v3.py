@@ -7,11 +7,13 @@ interrupted walk, switching between API versions, JSON:API errors, and secrets i
 
 from __future__ import annotations
 
+import http.server
 import json
 import logging
 import math
 import re
 import socket
+import threading
 import typing as t
 from pathlib import Path
 from urllib.parse import quote, quote_plus
@@ -790,3 +792,40 @@ def test_no_secret_or_access_token_reaches_any_output_at_debug(
     output = result.stderr + json.dumps(result.messages)
     for secret in [SECRET, quote(SECRET), quote_plus(SECRET), quote(SECRET, safe=""), *tokens]:
         assert secret not in output
+
+
+class _EchoingTokenEndpoint(http.server.BaseHTTPRequestHandler):
+    """A token endpoint (or proxy) that refuses every request, quoting its body back."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        payload = json.dumps({"error": "invalid_request", "error_description": f"got {body}"})
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload.encode())
+
+    def log_message(self, format: str, *args: t.Any) -> None:
+        """Stay quiet."""
+
+
+def test_a_token_endpoint_echoing_the_form_body_leaks_no_secret(
+    tmp_path: Path, sim: SmartcarSimulator
+) -> None:
+    """The secret goes out form-encoded: an error quoting the body must not show it either."""
+    echo = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EchoingTokenEndpoint)
+    threading.Thread(target=echo.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{echo.server_address[1]}/oauth2/token"
+        result = run_cli(tmp_path, v3(sim, v3_token_url=url), env={"LOGLEVEL": "DEBUG"})
+    finally:
+        echo.shutdown()
+        echo.server_close()
+
+    assert result.exit_code != 0
+    (line,) = error_lines(result.stderr)
+    assert "400 invalid_request: got grant_type=client_credentials" in line  # it was echoed
+    assert "client_secret=<redacted>" in line
+    for secret in (SECRET, quote(SECRET), quote_plus(SECRET), quote(SECRET, safe="")):
+        assert secret not in result.stderr
