@@ -612,6 +612,31 @@ def test_an_interrupted_first_walk_resumes_near_its_checkpoint(k: int) -> None:
         assert "checkpoint" not in partition(rerun.state, "live")
 
 
+@pytest.mark.parametrize("where", ["read", "unread"])
+def test_a_resume_after_removals_loses_nothing_still_present(where: str) -> None:
+    """15 connections disconnected between the runs, from pages read or not: none lost."""
+    data = [c for c in generate_connections(400, seed=3) if c["mode"] == "live"][:200]
+    with SmartcarSimulator(data, token=TOKEN, client_secret=SECRET) as big:
+        config = v3(big, modes=["live"])
+        big.faults.fail_after_page = 5
+        failed = run(config, expect_error=SmartcarAPIError)
+        served = big.connections_v3("live")
+        for c in served[10:25] if where == "read" else served[100:115]:
+            big.remove(c["userId"], c["vehicleId"])
+        later = added(4)
+        big.add(*later)
+        big.faults.fail_after_page = None
+        big.clear_log()
+
+        rerun = run(config, failed.state)
+
+        unread = keys(expected(big, "live")) - keys(failed.records)
+        assert unread <= keys(rerun.records)
+        assert len(rerun.records) == len(keys(rerun.records))
+        assert len(reads(big)) <= (20 - 5) + 2 + 2
+        assert bookmarks(rerun.state) == {"mode=live": newest(big, "live")}
+
+
 # --- Switching API versions ------------------------------------------------------------------
 
 
