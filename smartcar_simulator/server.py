@@ -219,6 +219,12 @@ class SmartcarSimulator:
         with self._lock:
             return self._v3.tokens_issued
 
+    @property
+    def issued_tokens(self) -> list[str]:
+        """Every v3 access token issued so far, oldest first (revoked or expired ones too)."""
+        with self._lock:
+            return list(self._v3.issued)
+
     def revoke_tokens(self) -> None:
         """Make every access token issued so far invalid (a 401 on its next use)."""
         with self._lock:

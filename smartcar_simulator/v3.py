@@ -315,6 +315,8 @@ class V3Api:
         self.store = store
         self.state = state
         self.tokens_issued = 0
+        self.issued: list[str] = []
+        """Every access token issued, oldest first (revoked or expired ones too)."""
         self._tokens: dict[str, float] = {}
         self.webhooks = [webhook_record(w) for w in webhooks]
         self.subscriptions = [subscription_record(s) for s in subscriptions]
@@ -402,6 +404,7 @@ class V3Api:
             self._tokens = {t: end for t, end in self._tokens.items() if end > now}
         self._tokens[access_token] = now + lifetime
         self.tokens_issued += 1
+        self.issued.append(access_token)
         payload = {"access_token": access_token, "token_type": "Bearer", "expires_in": lifetime}
         reply = Reply(200, json.dumps(payload).encode())
         if self.state.truncates(faults, chaos):

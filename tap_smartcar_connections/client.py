@@ -379,8 +379,9 @@ class SmartcarStream(RESTStream[str]):
     """What to do about a refused request (4xx), by status."""
     _last_request_at = 0.0
     _record_affixes: tuple[bytes, bytes] | None = None
-    _answered = False
-    """Whether any response came back in this run: before one, a connection failure is fatal."""
+    _answered: frozenset[str] = frozenset()
+    """The `URL_SETTINGS` that answered in this run: before one did, a connection failure to
+    it is fatal (a v3 token endpoint answering says nothing of the data URL)."""
     _environment: dict[str, t.Any] | None = None
     _emitted = 0
     """Records emitted in a connection test (`ABORT_AT_RECORD_COUNT`)."""
@@ -493,7 +494,7 @@ class SmartcarStream(RESTStream[str]):
                 f"TLS, set REQUESTS_CA_BUNDLE to its CA bundle; otherwise check {setting}"
             )
             raise SmartcarAPIError(msg) from exc
-        if not self._answered and isinstance(exc, requests.exceptions.ConnectionError):
+        if setting not in self._answered and isinstance(exc, requests.exceptions.ConnectionError):
             msg = (
                 f"cannot reach {setting} {url}: {network_reason(exc)}. Check {setting} and "
                 "the network (and HTTPS_PROXY/NO_PROXY if a proxy is needed)"
@@ -510,7 +511,11 @@ class SmartcarStream(RESTStream[str]):
     def _setting_for(self, exc: BaseException) -> str:
         """The URL setting behind the request that failed (the main one when unknown)."""
         request = getattr(exc, "request", None)
-        url = str(getattr(request, "url", None) or "")
+        return self._setting_of(getattr(request, "url", None))
+
+    def _setting_of(self, url: str | None) -> str:
+        """The URL setting `url` is under (the main one when none is)."""
+        url = str(url or "")
         for setting in self.URL_SETTINGS:
             if url.startswith(str(self.config[setting]).rstrip("/")):
                 return setting
@@ -578,7 +583,7 @@ class SmartcarStream(RESTStream[str]):
                     timeout=(min(CONNECT_TIMEOUT_SECONDS, self.timeout), self.timeout),
                     **self._environment,
                 )
-                self._answered = True
+                self._answered |= {self._setting_of(request.url)}
                 response._content = read_body(response)
             except (requests.exceptions.RequestException, OSError) as exc:
                 if expired():

@@ -67,12 +67,16 @@ Its `default:` and base64 forms are still redacted, and so is any `Basic`/`Beare
 
 
 def register_secret(secret: str) -> None:
-    """Have `redact` remove `secret` and the forms it takes in a Basic auth header or a form."""
+    """Have `redact` remove `secret`, its URL-encoded forms and those of a Basic auth header.
+
+    The client secret goes out in a form body: a server or proxy quoting the request back
+    shows it URL-encoded.
+    """
     if secret.strip():
         basic = f"default:{secret}"
         _SECRETS.update({basic, base64.b64encode(basic.encode()).decode()})
         if len(secret) >= MIN_SECRET_LENGTH:
-            _SECRETS.update({secret, quote(secret, safe=""), quote_plus(secret)})
+            _SECRETS.update({secret, quote(secret), quote(secret, safe=""), quote_plus(secret)})
 
 
 def redact(text: str) -> str:
