@@ -18,7 +18,7 @@ import time
 import traceback
 import typing as t
 import zlib
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 import urllib3
@@ -67,12 +67,16 @@ Its `default:` and base64 forms are still redacted, and so is any `Basic`/`Beare
 
 
 def register_secret(secret: str) -> None:
-    """Have `redact` remove `secret` and the forms it takes in a Basic auth header."""
+    """Have `redact` remove `secret` and the forms it takes in a Basic auth header or a form.
+
+    The client secret is sent form-encoded: a token endpoint echoing the request body shows it
+    percent-encoded (`/` as `%2F`, a space as `+`).
+    """
     if secret.strip():
         basic = f"default:{secret}"
         _SECRETS.update({basic, base64.b64encode(basic.encode()).decode()})
         if len(secret) >= MIN_SECRET_LENGTH:
-            _SECRETS.add(secret)
+            _SECRETS.update({secret, quote_plus(secret), quote(secret, safe="")})
 
 
 def redact(text: str) -> str:
