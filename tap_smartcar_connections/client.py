@@ -18,6 +18,7 @@ import re
 import sys
 import time
 import typing as t
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -339,6 +340,20 @@ def _failure_summary(exc: BaseException) -> str:
 
 
 @dataclass
+class _Run:
+    """What a run's streams share: under v3 three streams and a token endpoint take turns."""
+
+    answered: set[str] = field(default_factory=set)
+    """Origins that answered in this run: before one has, a connection failure to it is fatal."""
+    last_request_at: float = 0.0
+    """When the run's last request was sent, for `max_requests_per_minute`."""
+
+
+_RUNS: weakref.WeakKeyDictionary[t.Any, _Run] = weakref.WeakKeyDictionary()
+"""Each tap's `_Run`."""
+
+
+@dataclass
 class Page:
     """One page of a list, parsed."""
 
@@ -363,10 +378,7 @@ class SmartcarStream(RESTStream[str]):
     """Settings holding the URLs this stream requests, first the main one: error lines name them."""
     ADVICE: t.ClassVar[dict[int, str]] = {}
     """What to do about a refused request (4xx), by status."""
-    _last_request_at = 0.0
     _record_affixes: tuple[bytes, bytes] | None = None
-    _answered = False
-    """Whether any response came back in this run: before one, a connection failure is fatal."""
     _environment: dict[str, t.Any] | None = None
     _emitted = 0
     """Records emitted in a connection test (`ABORT_AT_RECORD_COUNT`)."""
@@ -414,7 +426,7 @@ class SmartcarStream(RESTStream[str]):
 
         Replaces the SDK's backoff, which ignores `Retry-After`, gives up after about 33
         seconds (Smartcar's bucket refills at 2 requests a minute) and logs whole response
-        bodies on every try. Also paces requests to `max_requests_per_minute`.
+        bodies on every try. Each try is paced to `max_requests_per_minute` (see `_send`).
         """
 
         @functools.wraps(func)
@@ -423,7 +435,6 @@ class SmartcarStream(RESTStream[str]):
             give_up_at = time.monotonic() + budget
             attempt = broken = 0
             while True:
-                self._pace()
                 try:
                     return func(*args, **kwargs)
                 except (
@@ -479,7 +490,10 @@ class SmartcarStream(RESTStream[str]):
                 f"TLS, set REQUESTS_CA_BUNDLE to its CA bundle; otherwise check {setting}"
             )
             raise SmartcarAPIError(msg) from exc
-        if not self._answered and isinstance(exc, requests.exceptions.ConnectionError):
+        request_url = str(getattr(getattr(exc, "request", None), "url", None) or url)
+        if origin(request_url) not in self._run.answered and isinstance(
+            exc, requests.exceptions.ConnectionError
+        ):
             msg = (
                 f"cannot reach {setting} {url}: {network_reason(exc)}. Check {setting} and "
                 "the network (and HTTPS_PROXY/NO_PROXY if a proxy is needed)"
@@ -514,13 +528,19 @@ class SmartcarStream(RESTStream[str]):
         """
         raise NotImplementedError
 
+    @property
+    def _run(self) -> _Run:
+        return _RUNS.setdefault(self._tap, _Run())
+
     def _pace(self) -> None:
+        """Wait until `max_requests_per_minute` allows the run's next request, whatever sends it."""
+        run = self._run
         per_minute = self.config.get("max_requests_per_minute")
         if per_minute:
-            gap = 60.0 / per_minute - (time.monotonic() - self._last_request_at)
+            gap = 60.0 / per_minute - (time.monotonic() - run.last_request_at)
             if gap > 0:
                 time.sleep(gap)
-        self._last_request_at = time.monotonic()
+        run.last_request_at = time.monotonic()
 
     @override
     def _request(
@@ -556,6 +576,7 @@ class SmartcarStream(RESTStream[str]):
                 request.url, {}, None, None, None
             )
             self._environment = {key: settings[key] for key in ("proxies", "verify", "cert")}
+        self._pace()
         with deadline(self.timeout) as expired:
             try:
                 response = self.requests_session.get_adapter(request.url or "").send(
@@ -564,7 +585,7 @@ class SmartcarStream(RESTStream[str]):
                     timeout=(min(CONNECT_TIMEOUT_SECONDS, self.timeout), self.timeout),
                     **self._environment,
                 )
-                self._answered = True
+                self._run.answered.add(origin(request.url or ""))
                 response._content = read_body(response)
             except (requests.exceptions.RequestException, OSError) as exc:
                 if expired():
