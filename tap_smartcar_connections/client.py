@@ -18,6 +18,7 @@ import re
 import sys
 import time
 import typing as t
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -353,6 +354,20 @@ def mode_partitions(config: t.Mapping[str, t.Any]) -> list[dict[str, t.Any]]:
 
 
 @dataclass
+class _Run:
+    """What a run's streams share: under v3 three streams and a token endpoint take turns."""
+
+    answered: set[str] = field(default_factory=set)
+    """Origins that answered in this run: before one has, a connection failure to it is fatal."""
+    last_request_at: float = 0.0
+    """When the run's last request was sent, for `max_requests_per_minute`."""
+
+
+_RUNS: weakref.WeakKeyDictionary[t.Any, _Run] = weakref.WeakKeyDictionary()
+"""Each tap's `_Run`."""
+
+
+@dataclass
 class Page:
     """One page of a list, parsed."""
 
@@ -377,11 +392,7 @@ class SmartcarStream(RESTStream[str]):
     """Settings holding the URLs this stream requests, first the main one: error lines name them."""
     ADVICE: t.ClassVar[dict[int, str]] = {}
     """What to do about a refused request (4xx), by status."""
-    _last_request_at = 0.0
     _record_affixes: tuple[bytes, bytes] | None = None
-    _answered: frozenset[str] = frozenset()
-    """The `URL_SETTINGS` that answered in this run: before one did, a connection failure to
-    it is fatal (a v3 token endpoint answering says nothing of the data URL)."""
     _environment: dict[str, t.Any] | None = None
     _emitted = 0
     """Records emitted in a connection test (`ABORT_AT_RECORD_COUNT`)."""
@@ -429,7 +440,7 @@ class SmartcarStream(RESTStream[str]):
 
         Replaces the SDK's backoff, which ignores `Retry-After`, gives up after about 33
         seconds (Smartcar's bucket refills at 2 requests a minute) and logs whole response
-        bodies on every try. Also paces requests to `max_requests_per_minute`.
+        bodies on every try. Each try is paced to `max_requests_per_minute` (see `_send`).
         """
 
         @functools.wraps(func)
@@ -438,7 +449,6 @@ class SmartcarStream(RESTStream[str]):
             give_up_at = time.monotonic() + budget
             attempt = broken = 0
             while True:
-                self._pace()
                 try:
                     return func(*args, **kwargs)
                 except (
@@ -494,7 +504,10 @@ class SmartcarStream(RESTStream[str]):
                 f"TLS, set REQUESTS_CA_BUNDLE to its CA bundle; otherwise check {setting}"
             )
             raise SmartcarAPIError(msg) from exc
-        if setting not in self._answered and isinstance(exc, requests.exceptions.ConnectionError):
+        request_url = str(getattr(getattr(exc, "request", None), "url", None) or url)
+        if origin(request_url) not in self._run.answered and isinstance(
+            exc, requests.exceptions.ConnectionError
+        ):
             msg = (
                 f"cannot reach {setting} {url}: {network_reason(exc)}. Check {setting} and "
                 "the network (and HTTPS_PROXY/NO_PROXY if a proxy is needed)"
@@ -510,12 +523,7 @@ class SmartcarStream(RESTStream[str]):
 
     def _setting_for(self, exc: BaseException) -> str:
         """The URL setting behind the request that failed (the main one when unknown)."""
-        request = getattr(exc, "request", None)
-        return self._setting_of(getattr(request, "url", None))
-
-    def _setting_of(self, url: str | None) -> str:
-        """The URL setting `url` is under (the main one when none is)."""
-        url = str(url or "")
+        url = str(getattr(getattr(exc, "request", None), "url", None) or "")
         for setting in self.URL_SETTINGS:
             if url.startswith(str(self.config[setting]).rstrip("/")):
                 return setting
@@ -533,13 +541,19 @@ class SmartcarStream(RESTStream[str]):
         """
         raise NotImplementedError
 
+    @property
+    def _run(self) -> _Run:
+        return _RUNS.setdefault(self._tap, _Run())
+
     def _pace(self) -> None:
+        """Wait until `max_requests_per_minute` allows the run's next request, whatever sends it."""
+        run = self._run
         per_minute = self.config.get("max_requests_per_minute")
         if per_minute:
-            gap = 60.0 / per_minute - (time.monotonic() - self._last_request_at)
+            gap = 60.0 / per_minute - (time.monotonic() - run.last_request_at)
             if gap > 0:
                 time.sleep(gap)
-        self._last_request_at = time.monotonic()
+        run.last_request_at = time.monotonic()
 
     @override
     def _request(
@@ -575,6 +589,7 @@ class SmartcarStream(RESTStream[str]):
                 request.url, {}, None, None, None
             )
             self._environment = {key: settings[key] for key in ("proxies", "verify", "cert")}
+        self._pace()
         with deadline(self.timeout) as expired:
             try:
                 response = self.requests_session.get_adapter(request.url or "").send(
@@ -583,7 +598,7 @@ class SmartcarStream(RESTStream[str]):
                     timeout=(min(CONNECT_TIMEOUT_SECONDS, self.timeout), self.timeout),
                     **self._environment,
                 )
-                self._answered |= {self._setting_of(request.url)}
+                self._run.answered.add(origin(request.url or ""))
                 response._content = read_body(response)
             except (requests.exceptions.RequestException, OSError) as exc:
                 if expired():

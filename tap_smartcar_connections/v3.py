@@ -173,7 +173,8 @@ class AccessToken:
             msg = (
                 f"{status} from the token endpoint with token_type "
                 f"{printable(token.token_type, 20)!r} and expires_in {token.expires_in}, not a "
-                "Bearer token with a lifetime"
+                # Quoted: redaction takes any "Bearer <word>" for a credential.
+                "token of type 'Bearer' with a lifetime"
             )
             raise BrokenBody(msg, response)
         lifetime = min(token.expires_in, MAX_TOKEN_SECONDS)
