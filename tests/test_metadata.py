@@ -17,6 +17,8 @@ from tap_smartcar_connections.tap import TapSmartcarConnections
 from .conftest import ROOT
 
 CLI = str(Path(sys.executable).with_name("tap-smartcar-connections"))
+SETTINGS_GROUPS = [["management_token"], ["client_id", "client_secret"]]
+"""Meltano's `settings_group_validation`: the credentials of API v2, or those of API v3."""
 
 
 def config_schema() -> dict[str, t.Any]:
@@ -30,13 +32,16 @@ def expected_meltano_settings() -> list[dict[str, t.Any]]:
     """The Meltano setting definitions that the config schema implies, in schema order.
 
     Secrets are `kind: string` with `sensitive: true`, the form Meltano 4 writes (it rewrites
-    the older `kind: password` into it whenever it saves `meltano.yml`).
+    the older `kind: password` into it whenever it saves `meltano.yml`). A setting with allowed
+    values (`api_version`) is `kind: options` listing them, in the key order Meltano writes.
     """
     result = []
     for name, spec in config_schema()["properties"].items():
         types = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
         if spec.get("format") == "date-time":
             kind = "date_iso8601"
+        elif "enum" in spec:
+            kind = "options"
         else:
             kind = next(k for k in types if k != "null")
         setting: dict[str, t.Any] = {
@@ -47,6 +52,8 @@ def expected_meltano_settings() -> list[dict[str, t.Any]]:
         }
         if "default" in spec:
             setting["value"] = spec["default"]
+        if "enum" in spec:
+            setting["options"] = [{"label": v, "value": v} for v in spec["enum"]]
         if spec.get("secret"):
             setting["sensitive"] = True
         result.append(setting)
@@ -64,7 +71,23 @@ def test_meltano_yml_settings_match_the_config_schema() -> None:
 
     assert extractor["name"] == "tap-smartcar-connections"
     assert extractor["settings"] == expected_meltano_settings()
-    assert extractor["settings_group_validation"] == [["management_token"]]
+    assert extractor["settings_group_validation"] == SETTINGS_GROUPS
+
+
+def test_the_settings_groups_are_what_each_api_version_requires() -> None:
+    # Each alternative is a complete credential set for one api_version: the tap accepts it alone
+    # (validation and discovery, no request), and refuses it with any one setting left out.
+    values = {"management_token": "t", "client_id": "client_x", "client_secret": "s"}
+    versions = {"management_token": "v2", "client_id": "v3"}
+
+    for group in SETTINGS_GROUPS:
+        config = {"api_version": versions[group[0]], **{n: values[n] for n in group}}
+        assert TapSmartcarConnections(config=config, validate_config=True).streams
+        for name in group:
+            problems = TapSmartcarConnections(
+                config={k: v for k, v in config.items() if k != name}, validate_config=False
+            )._validate_config(raise_errors=False)
+            assert any(f"'{name}' is required" in p for p in problems), (group, name)
 
 
 def test_meltano_yml_capabilities_match_about() -> None:
@@ -90,3 +113,18 @@ def test_readme_settings_table_is_the_about_markdown_table() -> None:
     table = about[about.index("| Setting |") :].split("\n\n")[0].strip()
 
     assert table in (ROOT / "README.md").read_text()
+
+
+def test_meltano_yml_selects_every_stream_of_either_api_version() -> None:
+    project = yaml.safe_load((ROOT / "meltano.yml").read_text())
+    selected = {rule.removesuffix(".*") for rule in project["plugins"]["extractors"][0]["select"]}
+    streams = {
+        version: {s.name for s in TapSmartcarConnections(config=config).streams.values()}
+        for version, config in {
+            "v2": {"management_token": "t"},
+            "v3": {"api_version": "v3", "client_id": "client_x", "client_secret": "s"},
+        }.items()
+    }
+
+    assert streams["v2"] == {"connections"}
+    assert selected == streams["v3"] == {"connections", "webhooks", "subscriptions"}
