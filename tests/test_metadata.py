@@ -1,9 +1,10 @@
-"""Drift checks: catalog.json, meltano.yml and the README say what the code says."""
+"""Drift checks: catalog.json, catalog-v3.json, meltano.yml and the README match the code."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 import typing as t
@@ -104,6 +105,30 @@ def test_catalog_json_is_the_discover_output() -> None:
     discovered = subprocess.run([CLI, "--discover"], capture_output=True, check=True, text=True)
 
     assert json.loads((ROOT / "catalog.json").read_text()) == json.loads(discovered.stdout)
+
+
+def test_catalog_v3_json_is_the_discover_output_under_api_v3(tmp_path: Path) -> None:
+    """`--discover` with only `{"api_version": "v3"}`: no credentials, no request."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"api_version": "v3"}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAP_SMARTCAR_CONNECTIONS_")}
+    discovered = subprocess.run(
+        [CLI, "--config", str(config), "--discover"],
+        capture_output=True,
+        check=True,
+        text=True,
+        env=env,
+    )
+    catalog = json.loads((ROOT / "catalog-v3.json").read_text())
+    v2 = json.loads((ROOT / "catalog.json").read_text())
+
+    assert catalog == json.loads(discovered.stdout)
+    assert [s["tap_stream_id"] for s in catalog["streams"]] == [
+        "connections",
+        "subscriptions",
+        "webhooks",
+    ]
+    assert catalog["streams"][0]["schema"] == v2["streams"][0]["schema"]
 
 
 def test_readme_settings_table_is_the_about_markdown_table() -> None:

@@ -94,6 +94,8 @@ def test_the_sdist_holds_what_a_rebuild_and_the_tests_need(dist: Path) -> None:
         "README.md",
         "pyproject.toml",
         "meltano.yml",
+        "catalog.json",
+        "catalog-v3.json",
         "tap_smartcar_connections/tap.py",
         "smartcar_simulator/server.py",
         "tests/conftest.py",
