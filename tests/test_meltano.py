@@ -622,7 +622,12 @@ def test_the_readmes_config_commands_leave_meltano_yml_unchanged(
         ".venv/bin/meltano config set --store=dotenv target-postgres host db.example.com",
         ".venv/bin/meltano config set tap-smartcar-connections management_token x",
     ]
-    values = {"token": TOKEN, "PGPASSWORD": PASSWORD}
+    values = {
+        "token": TOKEN,
+        "PGPASSWORD": PASSWORD,
+        "client_id": "client_0123456789abcdef",
+        "client_secret": CLIENT_SECRET,
+    }
 
     for command in commands:
         proc = subprocess.run(
@@ -639,13 +644,21 @@ def test_the_readmes_config_commands_leave_meltano_yml_unchanged(
     printed = project_copy.run("config", "print", "target-postgres")
     dotenv = (project_copy.root / ".env").read_text()
 
-    assert len(commands) >= 7, commands
+    assert len(commands) >= 10, commands
     assert any("target-postgres port" in c for c in commands)
     assert printed.returncode == 0, failed(printed)
     assert json.loads(printed.stdout)["host"] == "db.example.com"
     for name in ("HOST", "PORT", "USER", "DATABASE", "PASSWORD"):
         assert f"TARGET_POSTGRES_{name}=" in dotenv
     assert "TAP_SMARTCAR_CONNECTIONS_MANAGEMENT_TOKEN='x'" in dotenv
+    # The API v3 switch (README, "API v3"): every value in .env, none in meltano.yml.
+    assert any("api_version v3" in c for c in commands)
+    for line in (
+        "TAP_SMARTCAR_CONNECTIONS_API_VERSION='v3'",
+        "TAP_SMARTCAR_CONNECTIONS_CLIENT_ID='client_0123456789abcdef'",
+        f"TAP_SMARTCAR_CONNECTIONS_CLIENT_SECRET='{CLIENT_SECRET}'",
+    ):
+        assert line in dotenv, line
 
 
 def test_meltano_yml_is_in_the_form_meltano_writes(project_copy: MeltanoProject) -> None:
