@@ -1,62 +1,111 @@
 #!/usr/bin/env bash
 # The main job: `meltano run tap-smartcar-connections target-duckdb`, then a SQL read-back.
 #
-#   bash scripts/demo.sh               # into DuckDB (output/.../smartcar.duckdb)
-#   bash scripts/demo.sh target-jsonl  # into JSON Lines (output/.../connections.jsonl)
+#   bash scripts/demo.sh                         # API v2 into DuckDB (output/.../smartcar.duckdb)
+#   bash scripts/demo.sh target-jsonl            # API v2 into JSON Lines (output/.../*.jsonl)
+#   bash scripts/demo.sh --api v3                # API v3: connections, webhooks, subscriptions
+#   bash scripts/demo.sh target-jsonl --api v3   # (the arguments go in any order)
 #
-# With a management token (TAP_SMARTCAR_CONNECTIONS_MANAGEMENT_TOKEN, or
-# `meltano config set tap-smartcar-connections management_token ...`) it reads the real
-# Smartcar API into output/. Without one it starts the bundled Smartcar simulator and loads
-# from it into output/simulator/, in the Meltano environment "simulator", so the simulator's
-# bookmarks never mix with the real application's.
+# The API version is `--api v2|v3`; without it, the tap's own setting api_version as Meltano
+# resolves it (TAP_SMARTCAR_CONNECTIONS_API_VERSION, .env, meltano.yml), which defaults to v2.
+#
+# With credentials for that version it reads the real Smartcar API into output/: for v2 a
+# management token (TAP_SMARTCAR_CONNECTIONS_MANAGEMENT_TOKEN, or `meltano config set
+# tap-smartcar-connections management_token ...`), for v3 a client id and secret
+# (TAP_SMARTCAR_CONNECTIONS_CLIENT_ID and _CLIENT_SECRET, or `meltano config set`). Bookmarks
+# belong to one version, so switching reads each mode afresh once. Without credentials it starts
+# the bundled Smartcar simulator and loads from it, in its own Meltano environment and folder,
+# so the simulator's bookmarks never mix with the real application's nor the two versions':
+# v2 in environment "simulator" (output/simulator/), v3 in "simulator-v3" (output/simulator-v3/).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-loader=${1:-target-duckdb}
-case "$loader" in
-  target-duckdb | target-jsonl) ;;
-  *)
-    echo "usage: bash scripts/demo.sh [target-duckdb|target-jsonl]" >&2
-    exit 2
-    ;;
-esac
+usage() {
+  echo "usage: bash scripts/demo.sh [target-duckdb|target-jsonl] [--api v2|v3]" >&2
+  exit 2
+}
+loader=target-duckdb
+api=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    target-duckdb | target-jsonl) loader=$1 ;;
+    --api) [ $# -ge 2 ] || usage; api=$2; shift ;;
+    --api=*) api=${1#--api=} ;;
+    *) usage ;;
+  esac
+  shift
+done
+case "$api" in "" | v2 | v3) ;; *) usage ;; esac
 source scripts/setup.sh
 meltano=.venv/bin/meltano
 echo "Installing the Meltano plugins tap-smartcar-connections and $loader (10 to 30 s the first time)..." >&2
 $meltano install tap-smartcar-connections "$loader"
 
-has_token=$($meltano config print tap-smartcar-connections 2>/dev/null \
-  | .venv/bin/python -c 'import json,sys; print(bool(json.load(sys.stdin).get("management_token")))' \
-  || echo False)
+if [ -n "$api" ]; then export TAP_SMARTCAR_CONNECTIONS_API_VERSION=$api; fi
+# "<api_version> <True if its credentials are configured>"
+read -r api has_credentials < <($meltano config print tap-smartcar-connections 2>/dev/null \
+  | .venv/bin/python -c '
+import json, sys
+config = json.load(sys.stdin)
+api = config.get("api_version") or "v2"
+needed = ["client_id", "client_secret"] if api == "v3" else ["management_token"]
+print(api, all(config.get(name) for name in needed))' \
+  || echo "${api:-v2} False")
+case "$api" in v2 | v3) ;; *) echo "api_version is $api: use v2 or v3" >&2; exit 2 ;; esac
+export TAP_SMARTCAR_CONNECTIONS_API_VERSION=$api
 environment=dev
 output=output
-if [ "$has_token" != True ]; then
-  url_file=$(mktemp)
-  .venv/bin/python -m smartcar_simulator --connections 1000 --url-file "$url_file" &
+if [ "$has_credentials" != True ]; then
+  settings_file=$(mktemp)
+  rm -f "$settings_file"  # the simulator writes it once it listens
+  .venv/bin/python -m smartcar_simulator --connections 1000 --settings-file "$settings_file" &
   simulator_pid=$!
-  trap 'kill "$simulator_pid" 2>/dev/null || true; rm -f "$url_file"' EXIT
-  for _ in $(seq 100); do [ -s "$url_file" ] && break; sleep 0.1; done
-  export TAP_SMARTCAR_CONNECTIONS_API_URL
-  TAP_SMARTCAR_CONNECTIONS_API_URL=$(cat "$url_file")
-  export TAP_SMARTCAR_CONNECTIONS_MANAGEMENT_TOKEN=sim-token
-  environment=simulator
-  output=output/simulator
-  echo "No management token configured: extracting from the bundled Smartcar simulator."
+  trap 'kill "$simulator_pid" 2>/dev/null || true; rm -f "$settings_file"' EXIT
+  for _ in $(seq 100); do [ -s "$settings_file" ] && break; sleep 0.1; done
+  # Every URL and credential of both versions, as TAP_SMARTCAR_CONNECTIONS_* variables.
+  eval "$(.venv/bin/python - "$settings_file" <<'PY'
+import json, shlex, sys
+for name, value in json.load(open(sys.argv[1], encoding="utf-8")).items():
+    print(f"export TAP_SMARTCAR_CONNECTIONS_{name.upper()}={shlex.quote(value)}")
+PY
+)"
+  if [ "$api" = v3 ]; then
+    environment=simulator-v3
+    output=output/simulator-v3
+    echo "No client_id and client_secret configured: extracting from the bundled Smartcar simulator (API v3)."
+  else
+    environment=simulator
+    output=output/simulator
+    echo "No management token configured: extracting from the bundled Smartcar simulator."
+  fi
 fi
 mkdir -p "$output"
 
 if [ "$loader" = target-jsonl ]; then
-  before=0
-  if [ -f "$output/connections.jsonl" ]; then before=$(wc -l < "$output/connections.jsonl"); fi
+  declare -A before=()
+  for stream in connections webhooks subscriptions; do
+    before[$stream]=0
+    if [ -f "$output/$stream.jsonl" ]; then before[$stream]=$(wc -l < "$output/$stream.jsonl"); fi
+  done
   $meltano --environment="$environment" run tap-smartcar-connections target-jsonl
-  .venv/bin/python - "$output/connections.jsonl" "$before" <<'PY'
-import collections, json, sys
-path, before = sys.argv[1], int(sys.argv[2])
-rows = [json.loads(line) for line in open(path, encoding="utf-8")]
-new = rows[before:]
+  .venv/bin/python - "$output" "$api" "${before[connections]}" "${before[webhooks]}" \
+    "${before[subscriptions]}" <<'PY'
+import collections, json, os, sys
+output, api = sys.argv[1], sys.argv[2]
+before = dict(zip(("connections", "webhooks", "subscriptions"), map(int, sys.argv[3:])))
+def read(stream):
+    path = os.path.join(output, f"{stream}.jsonl")
+    rows = [json.loads(line) for line in open(path, encoding="utf-8")] if os.path.exists(path) else []
+    return path, rows, rows[before[stream]:]
+path, rows, new = read("connections")
 print(f"\nLoaded {len(new)} connections this run into {path} ({len(rows)} rows in the file):")
 for mode, count in sorted(collections.Counter(r["mode"] for r in new).items()):
     print(f"  {mode:<10} {count}")
-print("The file only grows: every run appends what it read (bookmark ties included).")
+if api == "v3":
+    for stream in ("webhooks", "subscriptions"):
+        path, rows, new = read(stream)
+        print(f"Loaded {len(new)} {stream} this run into {path} ({len(rows)} rows in the file)")
+print("The files only grow: every run appends what it read (bookmark ties included;")
+print("webhooks and subscriptions are read in full every run).")
 PY
   exit 0
 fi
@@ -69,14 +118,15 @@ if [ ! -f "$output/smartcar.duckdb" ]; then
 fi
 $meltano --environment="$environment" run tap-smartcar-connections target-duckdb
 # Read it back with the duckdb package that target-duckdb itself uses (same pinned version).
-.meltano/loaders/target-duckdb/venv/bin/python - "$output/smartcar.duckdb" <<'PY'
+.meltano/loaders/target-duckdb/venv/bin/python - "$output/smartcar.duckdb" "$api" <<'PY'
 import shlex
 import sys
 
 import duckdb
 
-path = sys.argv[1]
+path, api = sys.argv[1], sys.argv[2]
 with duckdb.connect(path, read_only=True) as db:
+    tables = {name for (name,) in db.sql("SELECT table_name FROM information_schema.tables").fetchall()}
     per_mode = db.sql(
         "SELECT mode, count(*) FROM connections GROUP BY mode ORDER BY mode"
     ).fetchall()
@@ -87,6 +137,23 @@ with duckdb.connect(path, read_only=True) as db:
         "SELECT connectedat, mode, userid, vehicleid FROM connections"
         " ORDER BY connectedat DESC, userid, vehicleid LIMIT 1"
     ).fetchone()
+    makes = []
+    if api == "v3":
+        makes = db.sql(
+            "SELECT make, count(*) FROM connections WHERE make IS NOT NULL"
+            " GROUP BY make ORDER BY count(*) DESC, make LIMIT 5"
+        ).fetchall()
+    others = {
+        table: db.sql(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+        for table in ("webhooks", "subscriptions")
+        if table in tables
+    }
+    per_webhook = []
+    if {"webhooks", "subscriptions"} <= tables:
+        per_webhook = db.sql(
+            "SELECT w.name, count(s.id) FROM webhooks w LEFT JOIN subscriptions s"
+            " ON s.webhookid = w.id GROUP BY w.name ORDER BY w.name"
+        ).fetchall()
 print(f"\n{path}: {total} rows in table connections, {keys} distinct (userId, vehicleId)")
 print("Connections per mode (SELECT mode, count(*) FROM connections GROUP BY mode):")
 for mode, count in per_mode:
@@ -94,6 +161,14 @@ for mode, count in per_mode:
 if newest:
     connected_at, mode, user_id, vehicle_id = newest
     print(f"Newest connection: {connected_at} {mode} user {user_id} vehicle {vehicle_id}")
+if makes:
+    print("Most connected makes (API v3): " + ", ".join(f"{m} {n}" for m, n in makes))
+for table, count in others.items():
+    print(f"{count} rows in table {table}")
+if per_webhook:
+    print("Subscriptions per webhook:")
+    for name, count in per_webhook:
+        print(f"  {name:<30} {count}")
 query = f'import duckdb; db = duckdb.connect("{path}"); db.sql("FROM connections LIMIT 5").show()'
 print(f"Query it yourself: .meltano/loaders/target-duckdb/venv/bin/python -c {shlex.quote(query)}")
 print("Run it again: only connections newer than each mode's bookmark are read,")

@@ -17,8 +17,10 @@ import yaml
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
 
+from tap_smartcar_connections.tap import TapSmartcarConnections
+
 from .conftest import ROOT
-from .test_metadata import CLI, expected_meltano_settings
+from .test_metadata import CLI, SETTINGS_GROUPS, expected_meltano_settings
 
 HUB_DATA = ROOT / "tests" / "data" / "meltano-hub"
 SCHEMAS = HUB_DATA / "schemas"
@@ -135,11 +137,34 @@ def test_the_hub_definition_says_what_the_tap_says(
     assert settings["management_token"]["kind"] == "string"
     assert settings["management_token"]["sensitive"] is True
     assert definition["settings_group_validation"] == extractor["settings_group_validation"]
-    assert definition["settings_group_validation"] == [
-        [n for n, s in about["settings"]["properties"].items() if s.get("secret")]
-    ]
+    assert definition["settings_group_validation"] == SETTINGS_GROUPS
+    secrets = [n for n, s in about["settings"]["properties"].items() if s.get("secret")]
+    assert secrets == ["management_token", "client_secret"]
+    assert all(any(name in group for group in SETTINGS_GROUPS) for name in secrets)
+    assert all(settings[name]["sensitive"] is True for name in secrets)
+    assert [o["value"] for o in settings["api_version"]["options"]] == ["v2", "v3"]
     assert set(definition["capabilities"]) == set(about["capabilities"])
     assert set(definition["capabilities"]) == set(extractor["capabilities"])
+
+
+def test_the_hub_definition_names_the_streams_of_either_api_version(
+    definition: dict[str, t.Any],
+) -> None:
+    config = {"api_version": "v3", "client_id": "client_x", "client_secret": "s"}
+    streams = TapSmartcarConnections(config=config).streams
+    text = " ".join(definition[k] for k in ("description", "definition", "usage"))
+
+    assert set(streams) == {"connections", "webhooks", "subscriptions"}
+    for name in streams:
+        assert name in definition["description"]
+        assert f"`{name}`" in text
+    for field in set(streams["connections"].schema["properties"]) - {
+        "userId",
+        "vehicleId",
+        "connectedAt",
+        "mode",
+    }:
+        assert f"`{field}`" in definition["usage"], field
 
 
 def test_the_hub_definition_installs_the_published_package(

@@ -23,7 +23,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smartcar_simulator import SmartcarSimulator, generate_connections
+from smartcar_simulator import (
+    V3_CONNECTIONS_PATH,
+    V3_MODES,
+    SmartcarSimulator,
+    generate_connections,
+)
 from tap_smartcar_connections.client import normalize_timestamp
 
 from .conftest import ROOT, TOKEN
@@ -33,6 +38,7 @@ pytestmark = pytest.mark.e2e
 
 MELTANO = Path(sys.executable).with_name("meltano")
 HUB_FILE = ROOT / "hub" / "extractors" / "tap-smartcar-connections" / "smartcar-connections.yml"
+CLIENT_SECRET = "cs-test-4b7f1e09a2d85c36e1f0b9a7d4c2e815"
 Key = tuple[str, str]
 Row = tuple[str, str, str, str]
 
@@ -56,7 +62,7 @@ class MeltanoProject:
             timeout=timeout,
             check=False,
         )
-        for secret in (TOKEN, PASSWORD):
+        for secret in (TOKEN, PASSWORD, CLIENT_SECRET):
             assert secret not in proc.stdout + proc.stderr, f"secret leaked by meltano {args}"
         return proc
 
@@ -342,6 +348,135 @@ def test_scheduled_incremental_runs_into_postgres(
     assert len(after) == len(simulator)
 
 
+def tap_env_v3(simulator: SmartcarSimulator, state_suffix: str) -> dict[str, str]:
+    """API v3 against the simulator's v3 face, configured as a deployment would: by variables."""
+    return {
+        "TAP_SMARTCAR_CONNECTIONS_API_VERSION": "v3",
+        "TAP_SMARTCAR_CONNECTIONS_CLIENT_ID": simulator.client_id,
+        "TAP_SMARTCAR_CONNECTIONS_CLIENT_SECRET": simulator.client_secret,
+        "TAP_SMARTCAR_CONNECTIONS_V3_TOKEN_URL": simulator.v3_token_url,
+        "TAP_SMARTCAR_CONNECTIONS_V3_VEHICLE_API_URL": simulator.v3_vehicle_api_url,
+        "TAP_SMARTCAR_CONNECTIONS_V3_MANAGEMENT_API_URL": simulator.v3_management_api_url,
+        "MELTANO_RUN_STATE_ID_SUFFIX": state_suffix,
+    }
+
+
+V3_COLUMNS = ("connectionId", "permissions", "make", "model", "year", "powertrainType")
+
+
+def served_v3(simulator: SmartcarSimulator) -> dict[Key, dict[str, t.Any]]:
+    """What the v3 face serves, by key, in the form the tap loads it."""
+    result = {}
+    for mode in V3_MODES:
+        for c in simulator.connections_v3(mode):
+            row = {k: c[k] for k in ("userId", "vehicleId", "mode", *V3_COLUMNS)}
+            row["connectedAt"] = normalize_timestamp(c["connectedAt"])
+            row["updatedAt"] = normalize_timestamp(c["updatedAt"])
+            result[c["userId"], c["vehicleId"]] = row
+    return result
+
+
+def _ts(column: str) -> str:
+    return f"""to_char("{column}", 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS "{column}\""""
+
+
+def table_v3(pg: Postgres, schema: str) -> dict[Key, dict[str, t.Any]]:
+    """The loaded v3 `connections` table by key, timestamps in the tap's UTC form."""
+    columns = ", ".join(f'"{c}"' for c in ("userId", "vehicleId", "mode", *V3_COLUMNS))
+    rows = pg.rows(
+        f"SELECT {columns}, {_ts('connectedAt')}, {_ts('updatedAt')}, "  # noqa: S608
+        f'_sdc_received_at, _sdc_deleted_at FROM "{schema}".connections'
+    )
+    by_key = {(r["userId"], r["vehicleId"]): r for r in rows}
+    assert len(by_key) == len(rows), "a key is loaded twice"
+    return by_key
+
+
+def loaded(rows: dict[Key, dict[str, t.Any]]) -> dict[Key, dict[str, t.Any]]:
+    return {k: {c: v for c, v in r.items() if not c.startswith("_sdc_")} for k, r in rows.items()}
+
+
+def management_tables(pg: Postgres, schema: str) -> tuple[list[t.Any], list[t.Any]]:
+    """The loaded webhooks and subscriptions, in the simulator's flat form, sorted by id."""
+    webhooks = pg.rows(
+        'SELECT id, name, "callbackUri", "errorCallbackUri", "isEnabled", "autoSubscribe", '  # noqa: S608
+        f'triggers, data, {_ts("createdAt")} FROM "{schema}".webhooks ORDER BY id'
+    )
+    subscriptions = pg.rows(
+        'SELECT id, "webhookId", "userId", "vehicleId", mode, make, model, year, '  # noqa: S608
+        f'"powertrainType", {_ts("createdAt")}, {_ts("updatedAt")} '
+        f'FROM "{schema}".subscriptions ORDER BY id'
+    )
+    return webhooks, subscriptions
+
+
+def expected_management(simulator: SmartcarSimulator) -> tuple[list[t.Any], list[t.Any]]:
+    def normal(record: dict[str, t.Any]) -> dict[str, t.Any]:
+        return {
+            k: normalize_timestamp(v) if k in {"createdAt", "updatedAt"} else v
+            for k, v in record.items()
+        }
+
+    subscriptions = [s for mode in V3_MODES for s in simulator.subscriptions(mode)]
+    return (
+        sorted(map(normal, simulator.webhooks()), key=lambda r: r["id"]),
+        sorted(map(normal, subscriptions), key=lambda r: r["id"]),
+    )
+
+
+def test_api_v3_runs_into_postgres_with_webhooks_and_subscriptions(
+    meltano_project: MeltanoProject,
+    postgres: Postgres,  # noqa: F811
+) -> None:
+    start = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=1)
+    simulator = SmartcarSimulator(
+        generate_connections(300, seed=21, start=start), token=TOKEN, client_secret=CLIENT_SECRET
+    )
+    simulator.start()
+    state_id = "dev:tap-smartcar-connections-to-target-postgres:pg-v3"
+    try:
+        env = {**tap_env_v3(simulator, "pg-v3"), **postgres.target_env("api_v3")}
+        first = meltano_project.run("run", "tap-smartcar-connections", "target-postgres", env=env)
+        assert first.returncode == 0, failed(first)
+        before = table_v3(postgres, "api_v3")
+        management_before = management_tables(postgres, "api_v3")
+        expected_before = served_v3(simulator), expected_management(simulator)
+        new = connect_new(simulator, 6)
+        simulator.clear_log()
+        second = meltano_project.run("run", "tap-smartcar-connections", "target-postgres", env=env)
+        after = table_v3(postgres, "api_v3")
+        management_after = management_tables(postgres, "api_v3")
+        expected_after = served_v3(simulator), expected_management(simulator)
+        state = meltano_project.run("state", "get", state_id, env=env)
+    finally:
+        simulator.stop()
+
+    assert len(before) == 300
+    assert loaded(before) == expected_before[0]
+    assert all(r[c] is not None for r in before.values() for c in V3_COLUMNS)
+    assert management_before == expected_before[1]
+    assert len(management_before[0]) == 3
+    assert len(management_before[1]) == 6
+
+    assert second.returncode == 0, failed(second)
+    written = {
+        key
+        for key, row in after.items()
+        if key not in before or row["_sdc_received_at"] != before[key]["_sdc_received_at"]
+    }
+    assert written == new
+    assert loaded(after) == expected_after[0]
+    assert len(after) == 306
+    assert all(r["_sdc_deleted_at"] is None for r in after.values())
+    assert management_after == expected_after[1] == expected_before[1]
+    # Newest first (meta.orderDirection desc): one page of connections per mode.
+    assert [r.path for r in simulator.requests].count(V3_CONNECTIONS_PATH) == 2
+    assert state.returncode == 0, failed(state)
+    partitions = json.loads(state.stdout)["singer_state"]["bookmarks"]["connections"]["partitions"]
+    assert {p["context"]["mode"] for p in partitions} == {"live", "simulated"}
+    assert all(p["api_version"] == "v3" for p in partitions)
+
+
 def test_full_refresh_into_postgres_removes_disconnected_vehicles_only_after_a_complete_read(
     meltano_project: MeltanoProject,
     postgres: Postgres,  # noqa: F811
@@ -487,7 +622,12 @@ def test_the_readmes_config_commands_leave_meltano_yml_unchanged(
         ".venv/bin/meltano config set --store=dotenv target-postgres host db.example.com",
         ".venv/bin/meltano config set tap-smartcar-connections management_token x",
     ]
-    values = {"token": TOKEN, "PGPASSWORD": PASSWORD}
+    values = {
+        "token": TOKEN,
+        "PGPASSWORD": PASSWORD,
+        "client_id": "client_0123456789abcdef",
+        "client_secret": CLIENT_SECRET,
+    }
 
     for command in commands:
         proc = subprocess.run(
@@ -504,13 +644,21 @@ def test_the_readmes_config_commands_leave_meltano_yml_unchanged(
     printed = project_copy.run("config", "print", "target-postgres")
     dotenv = (project_copy.root / ".env").read_text()
 
-    assert len(commands) >= 7, commands
+    assert len(commands) >= 10, commands
     assert any("target-postgres port" in c for c in commands)
     assert printed.returncode == 0, failed(printed)
     assert json.loads(printed.stdout)["host"] == "db.example.com"
     for name in ("HOST", "PORT", "USER", "DATABASE", "PASSWORD"):
         assert f"TARGET_POSTGRES_{name}=" in dotenv
     assert "TAP_SMARTCAR_CONNECTIONS_MANAGEMENT_TOKEN='x'" in dotenv
+    # The API v3 switch (README, "API v3"): every value in .env, none in meltano.yml.
+    assert any("api_version v3" in c for c in commands)
+    for line in (
+        "TAP_SMARTCAR_CONNECTIONS_API_VERSION='v3'",
+        "TAP_SMARTCAR_CONNECTIONS_CLIENT_ID='client_0123456789abcdef'",
+        f"TAP_SMARTCAR_CONNECTIONS_CLIENT_SECRET='{CLIENT_SECRET}'",
+    ):
+        assert line in dotenv, line
 
 
 def test_meltano_yml_is_in_the_form_meltano_writes(project_copy: MeltanoProject) -> None:

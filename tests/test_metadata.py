@@ -1,9 +1,10 @@
-"""Drift checks: catalog.json, meltano.yml and the README say what the code says."""
+"""Drift checks: catalog.json, catalog-v3.json, meltano.yml and the README match the code."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 import typing as t
@@ -17,6 +18,8 @@ from tap_smartcar_connections.tap import TapSmartcarConnections
 from .conftest import ROOT
 
 CLI = str(Path(sys.executable).with_name("tap-smartcar-connections"))
+SETTINGS_GROUPS = [["management_token"], ["client_id", "client_secret"]]
+"""Meltano's `settings_group_validation`: the credentials of API v2, or those of API v3."""
 
 
 def config_schema() -> dict[str, t.Any]:
@@ -30,13 +33,16 @@ def expected_meltano_settings() -> list[dict[str, t.Any]]:
     """The Meltano setting definitions that the config schema implies, in schema order.
 
     Secrets are `kind: string` with `sensitive: true`, the form Meltano 4 writes (it rewrites
-    the older `kind: password` into it whenever it saves `meltano.yml`).
+    the older `kind: password` into it whenever it saves `meltano.yml`). A setting with allowed
+    values (`api_version`) is `kind: options` listing them, in the key order Meltano writes.
     """
     result = []
     for name, spec in config_schema()["properties"].items():
         types = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
         if spec.get("format") == "date-time":
             kind = "date_iso8601"
+        elif "enum" in spec:
+            kind = "options"
         else:
             kind = next(k for k in types if k != "null")
         setting: dict[str, t.Any] = {
@@ -47,6 +53,8 @@ def expected_meltano_settings() -> list[dict[str, t.Any]]:
         }
         if "default" in spec:
             setting["value"] = spec["default"]
+        if "enum" in spec:
+            setting["options"] = [{"label": v, "value": v} for v in spec["enum"]]
         if spec.get("secret"):
             setting["sensitive"] = True
         result.append(setting)
@@ -64,7 +72,23 @@ def test_meltano_yml_settings_match_the_config_schema() -> None:
 
     assert extractor["name"] == "tap-smartcar-connections"
     assert extractor["settings"] == expected_meltano_settings()
-    assert extractor["settings_group_validation"] == [["management_token"]]
+    assert extractor["settings_group_validation"] == SETTINGS_GROUPS
+
+
+def test_the_settings_groups_are_what_each_api_version_requires() -> None:
+    # Each alternative is a complete credential set for one api_version: the tap accepts it alone
+    # (validation and discovery, no request), and refuses it with any one setting left out.
+    values = {"management_token": "t", "client_id": "client_x", "client_secret": "s"}
+    versions = {"management_token": "v2", "client_id": "v3"}
+
+    for group in SETTINGS_GROUPS:
+        config = {"api_version": versions[group[0]], **{n: values[n] for n in group}}
+        assert TapSmartcarConnections(config=config, validate_config=True).streams
+        for name in group:
+            problems = TapSmartcarConnections(
+                config={k: v for k, v in config.items() if k != name}, validate_config=False
+            )._validate_config(raise_errors=False)
+            assert any(f"'{name}' is required" in p for p in problems), (group, name)
 
 
 def test_meltano_yml_capabilities_match_about() -> None:
@@ -83,6 +107,30 @@ def test_catalog_json_is_the_discover_output() -> None:
     assert json.loads((ROOT / "catalog.json").read_text()) == json.loads(discovered.stdout)
 
 
+def test_catalog_v3_json_is_the_discover_output_under_api_v3(tmp_path: Path) -> None:
+    """`--discover` with only `{"api_version": "v3"}`: no credentials, no request."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"api_version": "v3"}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAP_SMARTCAR_CONNECTIONS_")}
+    discovered = subprocess.run(
+        [CLI, "--config", str(config), "--discover"],
+        capture_output=True,
+        check=True,
+        text=True,
+        env=env,
+    )
+    catalog = json.loads((ROOT / "catalog-v3.json").read_text())
+    v2 = json.loads((ROOT / "catalog.json").read_text())
+
+    assert catalog == json.loads(discovered.stdout)
+    assert [s["tap_stream_id"] for s in catalog["streams"]] == [
+        "connections",
+        "subscriptions",
+        "webhooks",
+    ]
+    assert catalog["streams"][0]["schema"] == v2["streams"][0]["schema"]
+
+
 def test_readme_settings_table_is_the_about_markdown_table() -> None:
     about = subprocess.run(
         [CLI, "--about", "--format", "markdown"], capture_output=True, check=True, text=True
@@ -90,3 +138,18 @@ def test_readme_settings_table_is_the_about_markdown_table() -> None:
     table = about[about.index("| Setting |") :].split("\n\n")[0].strip()
 
     assert table in (ROOT / "README.md").read_text()
+
+
+def test_meltano_yml_selects_every_stream_of_either_api_version() -> None:
+    project = yaml.safe_load((ROOT / "meltano.yml").read_text())
+    selected = {rule.removesuffix(".*") for rule in project["plugins"]["extractors"][0]["select"]}
+    streams = {
+        version: {s.name for s in TapSmartcarConnections(config=config).streams.values()}
+        for version, config in {
+            "v2": {"management_token": "t"},
+            "v3": {"api_version": "v3", "client_id": "client_x", "client_secret": "s"},
+        }.items()
+    }
+
+    assert streams["v2"] == {"connections"}
+    assert selected == streams["v3"] == {"connections", "webhooks", "subscriptions"}
