@@ -1,17 +1,29 @@
-"""Benchmark the tap's full sync against a minimal `requests` loop on the bundled simulator.
+"""Benchmark the tap's syncs against a minimal `requests` loop on the bundled simulator.
 
-Starts `python -m smartcar_simulator` as a separate process, then times, in
-alternated pairs, two child processes that both read every page (limit=100, live and simulated,
-following cursors) and write one JSON line per connection to a pipe this script drains:
+Starts `python -m smartcar_simulator` as a separate process, then times, in alternated
+rounds, child processes that all read every page (100 items a page, live and simulated,
+following the cursors or `links.next`) and write one JSON line per item to a pipe this script
+drains:
 
-- baseline: a plain `requests.Session` loop writing `json.dumps(connection)` lines;
+- baseline: a plain `requests.Session` loop writing `json.dumps(item)` lines (under v3 it
+  fetches one access token first, and reads webhooks and subscriptions too);
 - tap: the real console script, `tap-smartcar-connections --config FILE`.
 
-Each run is checked (exit code, records written, requests per mode from the simulator's log,
-every response a 200); the script exits non-zero if any check fails. Timings are wall clock,
-process start to exit, so the tap's import time counts. Peak RSS is the child's `VmHWM`.
+`--api v2` (the default) times API v2.0, `--api v3` the simulator's v3 face, `--api both` both
+in the same rounds, so that their ratios (v3 tap / v2 tap, each tap / its baseline) come from
+one run on one machine. `--compare-tap SCRIPT` also times another build's console script (an
+older checkout's `.venv/bin/tap-smartcar-connections`) in each round, under v2.
 
-    .venv/bin/python scripts/bench.py [--connections N] [--pairs K]
+Each run is checked (exit code, records written, requests per mode and list from the
+simulator's log, every response a 200); the script exits non-zero if any check fails. Timings
+are wall clock, process start to exit, so the tap's import time counts; CPU is the child's
+user + system time (`wait4`), which a busy machine disturbs less than the wall clock. Peak RSS
+is the child's `VmHWM`.
+
+    .venv/bin/python scripts/bench.py [--api v2|v3|both] [--connections N] [--pairs K]
+
+`--scenario incremental` times a sync with nothing new: each API's tap is first run once to
+the end, then K times from the STATE it emitted (one page per mode, no RECORD of a connection).
 
 `--scenario resume` instead measures an interrupted first sync of N live connections under
 Smartcar's rate-limit bucket (120 requests, refilled at 2 a minute), the refill sped up
@@ -20,9 +32,9 @@ Smartcar's rate-limit bucket (120 requests, refilled at 2 a minute), the refill 
 drained bucket: with the last STATE as emitted (resume), and with its `checkpoint` removed
 (restart, what the previous release did). It reports requests, wall time (and the real time it
 stands for), records, and exits non-zero unless every connection was delivered by the
-interrupted run and each rerun together.
+interrupted run and each rerun together. With `--api both`, v2 then v3, each on a new simulator.
 
-    .venv/bin/python scripts/bench.py --scenario resume [--connections N] [--time-scale S]
+    .venv/bin/python scripts/bench.py --scenario resume [--api ...] [--connections N]
 """
 
 from __future__ import annotations
@@ -49,7 +61,15 @@ TOKEN = "bench-token"  # noqa: S105 -- the local simulator's fake token
 MODES = ("live", "simulated")
 PAGE_SIZE = 100
 RECORD_MARK = b'{"type":"RECORD"'
+CONNECTION_MARK = b'{"type":"RECORD","stream":"connections",'
 _LISTENING = re.compile(r"listening on (\S+) \((\d+) connections\)")
+_V3_SETTINGS = (
+    "client_id",
+    "client_secret",
+    "v3_token_url",
+    "v3_vehicle_api_url",
+    "v3_management_api_url",
+)
 
 
 @dataclass
@@ -62,18 +82,33 @@ class Run:
     records: int
     peak_rss_mb: float
     requests: dict[str, int] = field(default_factory=dict)
+    """Requests for connections, per mode."""
     problems: list[str] = field(default_factory=list)
+    cpu_seconds: float = 0.0
+    """User + system time of the child."""
+    connection_records: int | None = None
+    """RECORD lines of the `connections` stream (None for a baseline, which writes items)."""
+    api: str = "v2"
+    other_requests: dict[str, int] = field(default_factory=dict)
+    """Requests for anything else (the v3 token, webhooks, subscriptions per mode)."""
 
     @property
     def rate(self) -> float:
         """Records per second, start to exit."""
         return self.records / self.seconds if self.seconds else 0.0
 
+    @property
+    def cpu_per_record(self) -> float:
+        """CPU microseconds per record written (all of the run's CPU, start-up included)."""
+        return self.cpu_seconds / self.records * 1e6 if self.records else math.nan
+
 
 class Simulator:
-    """The simulator as a separate process, with its admin endpoints."""
+    """The simulator as a separate process, with its admin endpoints and every URL."""
 
     def __init__(self, connections: int, extra: t.Sequence[str] = ()) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="tap-bench-sim-")
+        settings_path = Path(self._dir.name, "settings.json")
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -83,6 +118,8 @@ class Simulator:
                 str(connections),
                 "--token",
                 TOKEN,
+                "--settings-file",
+                str(settings_path),
                 *extra,
             ],
             stdout=subprocess.PIPE,
@@ -91,14 +128,25 @@ class Simulator:
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         match = _LISTENING.search(line)
-        if match is None:
+        deadline = time.monotonic() + 30
+        while match is not None and not settings_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)  # written just after the line above
+        if match is None or not settings_path.exists():
             self.stop()
             msg = f"the simulator did not start (it said {line!r})"
             raise SystemExit(msg)
+        self.settings: dict[str, str] = json.loads(settings_path.read_text(encoding="utf-8"))
         self.api_url = match[1]
         self.connections = int(match[2])
         self.admin_url = self.api_url.removesuffix("/v2.0") + "/_admin"
         self.session = requests.Session()
+
+    def tap_settings(self, api: str, modes: t.Sequence[str] = MODES) -> dict[str, t.Any]:
+        """The tap's settings for reading this simulator through `api` (v2 or v3)."""
+        if api == "v3":
+            credentials = {name: self.settings[name] for name in _V3_SETTINGS}
+            return {"api_version": "v3", **credentials, "modes": list(modes)}
+        return {"management_token": TOKEN, "api_url": self.api_url, "modes": list(modes)}
 
     def clear_log(self) -> None:
         """Forget the requests logged so far."""
@@ -124,7 +172,8 @@ class Simulator:
 
         The simulator has no admin route to set the bucket, and a new simulator process would
         start with a full bucket and a new cursor key (refusing the checkpoint's cursor), so the
-        bucket is emptied by requests of one connection each. Call `clear_log` afterwards.
+        bucket is emptied by requests of one connection each (v2: both faces share the bucket).
+        Call `clear_log` afterwards.
         """
         made = 0
         while True:
@@ -148,20 +197,26 @@ class Simulator:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._dir.cleanup()
 
 
-def run_baseline(api_url: str) -> None:
-    """Fetch every page with a plain `requests.Session`, one JSON line per connection."""
+def run_baseline(config: dict[str, t.Any]) -> None:
+    """Fetch every page with a plain `requests.Session`, one JSON line per item."""
+    if config.get("api_version") == "v3":
+        run_baseline_v3(config)
+        return
     session = requests.Session()
-    session.auth = ("default", TOKEN)
+    session.auth = ("default", config["management_token"])
     out = sys.stdout.buffer
-    for mode in MODES:
+    for mode in config["modes"]:
         cursor: str | None = None
         while True:
             params: dict[str, t.Any] = {"limit": PAGE_SIZE, "mode": mode}
             if cursor:
                 params["cursor"] = cursor
-            response = session.get(f"{api_url}/management/connections", params=params, timeout=60)
+            response = session.get(
+                f"{config['api_url']}/management/connections", params=params, timeout=60
+            )
             response.raise_for_status()
             body = response.json()
             for connection in body["connections"]:
@@ -172,16 +227,51 @@ def run_baseline(api_url: str) -> None:
     out.flush()
 
 
-def _drain(fd: int, *, records_are_lines: bool) -> int:
-    """Read a child's stdout to the end, counting records."""
-    records = 0
+def run_baseline_v3(config: dict[str, t.Any]) -> None:
+    """Fetch an access token, then every page of the three v3 lists, following `links.next`."""
+    session = requests.Session()
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": config["client_id"],
+        "client_secret": config["client_secret"],
+    }
+    response = session.post(config["v3_token_url"], data=form, timeout=60)
+    response.raise_for_status()
+    session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+    vehicle, management = config["v3_vehicle_api_url"], config["v3_management_api_url"]
+    lists: list[tuple[str, str | None]] = [(f"{vehicle}/connections", m) for m in config["modes"]]
+    lists += [(f"{management}/webhooks", None)]
+    lists += [(f"{management}/subscriptions", m) for m in config["modes"]]
+    out = sys.stdout.buffer
+    for url, mode in lists:
+        params: dict[str, t.Any] = {"page[size]": PAGE_SIZE}
+        if mode is not None:
+            params["filter[vehicle.mode]"] = mode
+        next_url: str | None = url
+        while next_url is not None:
+            response = session.get(next_url, params=params, timeout=60)
+            response.raise_for_status()
+            body = response.json()
+            for item in body["data"]:
+                out.write(json.dumps(item).encode() + b"\n")
+            next_url, params = body["links"]["next"], {}
+    out.flush()
+
+
+def _drain(fd: int, *, records_are_lines: bool) -> tuple[int, int]:
+    """Read a child's stdout to the end, counting records and `connections` records."""
+    records = connections = 0
     rest = b""
     while chunk := os.read(fd, 1 << 20):
         data = rest + chunk
         cut = data.rfind(b"\n") + 1
         complete, rest = data[:cut], data[cut:]
-        records += complete.count(b"\n") if records_are_lines else complete.count(RECORD_MARK)
-    return records
+        if records_are_lines:
+            records += complete.count(b"\n")
+        else:
+            records += complete.count(RECORD_MARK)
+            connections += complete.count(CONNECTION_MARK)
+    return records, connections
 
 
 class PeakRSS(threading.Thread):
@@ -209,6 +299,15 @@ class PeakRSS(threading.Thread):
                     self.peak_kb = max(self.peak_kb, int(line.split()[1]))
 
 
+def _reap(process: subprocess.Popen[bytes], options: int = 0) -> float | None:
+    """Wait for the child with `wait4`; return its CPU seconds, or None if it still runs."""
+    pid, status, usage = os.wait4(process.pid, options)
+    if pid == 0:
+        return None
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed_run(kind: str, command: list[str], log_path: Path, timeout: float) -> Run:
     """Run one child to exit, draining its stdout; return its timing, output and peak RSS."""
     with log_path.open("wb") as stderr:
@@ -220,68 +319,184 @@ def timed_run(kind: str, command: list[str], log_path: Path, timeout: float) -> 
         peak = PeakRSS(process.pid)
         peak.start()
         try:
-            records = _drain(process.stdout.fileno(), records_are_lines=kind == "baseline")
-            process.wait()
+            records, connections = _drain(
+                process.stdout.fileno(), records_are_lines="baseline" in kind
+            )
+            cpu = _reap(process) or 0.0
         finally:
             watchdog.cancel()
             peak.done.set()
         seconds = time.perf_counter() - started
         peak.join()
     process.stdout.close()
-    return Run(kind, seconds, process.returncode, records, peak.peak_kb / 1024)
+    run = Run(kind, seconds, process.returncode, records, peak.peak_kb / 1024, cpu_seconds=cpu)
+    run.api = "v3" if "v3" in kind else "v2"
+    run.connection_records = None if "baseline" in kind else connections
+    return run
 
 
-def check(run: Run, entries: list[dict[str, t.Any]], connections: int, stderr: str) -> None:
+def _list_of(entry: dict[str, t.Any]) -> tuple[str, str]:
+    """What a logged request read: ("connections", mode), ("webhooks", ""), ("token", "")..."""
+    name = str(entry.get("path", "connections")).rstrip("/").rsplit("/", 1)[-1]
+    params = entry["params"]
+    if name in ("token", "webhooks"):
+        return name, ""
+    return name, str(params.get("mode") or params.get("filter[vehicle.mode]") or "live")
+
+
+def check(
+    run: Run,
+    entries: list[dict[str, t.Any]],
+    connections: int,
+    stderr: str,
+    *,
+    incremental: bool = False,
+) -> None:
     """Compare a run's output and requests with what a complete, minimal sync must give.
 
+    A full read asks for ceil(n/100) pages (at least one) of each list and mode, and writes
+    what was served. An incremental one with nothing new reads one page of connections per
+    mode and writes none of them (the other lists are read whole every run). Under v3 the
+    run also fetches exactly one access token and reads webhooks and subscriptions.
+
     Args:
-        run: The run; `requests` and `problems` are filled in.
+        run: The run; `requests`, `other_requests` and `problems` are filled in.
         entries: The simulator's request log for the run.
         connections: How many connections the simulator holds.
         stderr: The run's stderr, quoted when it failed.
+        incremental: The run started from the STATE of a complete one, with nothing new.
     """
-    served: dict[str, int] = {}
+    served: dict[tuple[str, str], int] = {}
+    made: dict[tuple[str, str], int] = {}
     for entry in entries:
-        mode = entry["params"].get("mode", "live")
-        run.requests[mode] = run.requests.get(mode, 0) + 1
-        served[mode] = served.get(mode, 0) + int(entry["count"])
+        where = _list_of(entry)
+        made[where] = made.get(where, 0) + 1
+        served[where] = served.get(where, 0) + int(entry["count"])
+    run.requests = {mode: n for (name, mode), n in made.items() if name == "connections"}
+    run.other_requests = {
+        f"{name} {mode}".strip(): n for (name, mode), n in made.items() if name != "connections"
+    }
     if run.exit_code != 0:
         tail = stderr.splitlines()[-5:]
         run.problems.append(f"exit code {run.exit_code}: " + " | ".join(tail))
-    if run.records != connections:
-        run.problems.append(f"{run.records} records written, expected {connections}")
-    if sum(served.values()) != connections:
-        run.problems.append(f"{sum(served.values())} connections served")
+    served_connections = sum(n for (name, _), n in served.items() if name == "connections")
+    others = sum(served.values()) - served_connections
+    if incremental:
+        if run.connection_records != 0:
+            run.problems.append(f"{run.connection_records} connections written, expected none")
+        if run.records - (run.connection_records or 0) != others:
+            run.problems.append(f"{run.records} records written, expected {others}")
+    else:
+        if run.records != connections + others:
+            run.problems.append(f"{run.records} records written, expected {connections + others}")
+        if served_connections != connections:
+            run.problems.append(f"{served_connections} connections served")
     if bad := [e["status"] for e in entries if e["status"] != 200]:
         run.problems.append(f"non-200 responses: {sorted(set(bad))}")
-    for mode in MODES:
-        expected = max(1, math.ceil(served.get(mode, 0) / PAGE_SIZE))
-        if run.requests.get(mode, 0) != expected:
-            run.problems.append(f"{run.requests.get(mode, 0)} {mode} requests, expected {expected}")
+    for where, expected in _expected_requests(run.api, served, incremental=incremental).items():
+        if made.get(where, 0) != expected:
+            text = " ".join(where).strip()
+            run.problems.append(f"{made.get(where, 0)} {text} requests, expected {expected}")
 
 
-def _describe(run: Run) -> str:
+def _expected_requests(
+    api: str, served: dict[tuple[str, str], int], *, incremental: bool
+) -> dict[tuple[str, str], int]:
+    """The requests a minimal run makes per list and mode: none for a list it must not read."""
+    lists = [("connections", mode) for mode in MODES]
+    if api == "v3":
+        lists += [("token", ""), ("webhooks", ""), *(("subscriptions", m) for m in MODES)]
+    expected = dict.fromkeys(served, 0)
+    for where in lists:
+        pages = max(1, math.ceil(served.get(where, 0) / PAGE_SIZE))
+        one = where[0] == "token" or (incremental and where[0] == "connections")
+        expected[where] = 1 if one else pages
+    return expected
+
+
+def _describe(run: Run, *, incremental: bool = False) -> str:
     requests_text = " + ".join(f"{run.requests.get(m, 0)} {m}" for m in MODES)
+    if others := sum(run.other_requests.values()):
+        requests_text += f" (+ {others} other)"
     verdict = "ok" if not run.problems else "FAILED: " + "; ".join(run.problems)
+    output = (
+        f"{run.records:3d} records"  # the other v3 lists, read whole every run
+        if incremental
+        else f"{run.rate:9,.0f} records/s"
+    )
+    per_record = "" if incremental else f" {run.cpu_per_record:6.1f} us/record"
     return (
-        f"  {run.kind:<8} {run.seconds:7.2f} s {run.rate:9,.0f} records/s "
-        f"peak RSS {run.peak_rss_mb:6.1f} MB  requests {requests_text}  {verdict}"
+        f"  {run.kind:<11} {run.seconds:7.2f} s {output} CPU {run.cpu_seconds:6.2f} s"
+        f"{per_record} peak RSS {run.peak_rss_mb:6.1f} MB  requests {requests_text}  {verdict}"
     )
 
 
-def summarise(pairs: list[tuple[Run, Run]], connections: int) -> None:
-    """Print the medians, the tap/baseline ratio and the peak RSS."""
-    baselines = [b for b, _ in pairs]
-    taps = [tap for _, tap in pairs]
-    ratio = statistics.median(tap.seconds / b.seconds for b, tap in pairs)
-    requests_text = ", ".join(f"{taps[-1].requests.get(m, 0)} {m}" for m in MODES)
-    print(f"\nconnections:         {connections:,} ({len(pairs)} pairs, medians)")
-    print(f"baseline records/s:  {statistics.median(r.rate for r in baselines):,.0f}")
-    print(f"tap records/s:       {statistics.median(r.rate for r in taps):,.0f}")
-    print(f"ratio tap/baseline:  {ratio:.2f} (time)")
-    print(f"tap peak RSS:        {max(r.peak_rss_mb for r in taps):.1f} MB")
-    print(f"baseline peak RSS:   {max(r.peak_rss_mb for r in baselines):.1f} MB")
-    print(f"tap requests:        {requests_text}")
+def _median_ratio(
+    rounds: list[dict[str, Run]], top: str, bottom: str, measure: t.Callable[[Run], float]
+) -> float:
+    return statistics.median(measure(r[top]) / measure(r[bottom]) for r in rounds)
+
+
+def summarise(rounds: list[dict[str, Run]], connections: int, *, incremental: bool = False) -> None:
+    """Print each kind's medians, then the ratios between kinds within the same rounds.
+
+    A ratio is the median of the per-round ratios: runs of one round are minutes apart at
+    most, so a machine that is busier in one round than in another disturbs it little.
+    """
+    kinds = list(rounds[0])
+    what = "incremental syncs with nothing new" if incremental else "full syncs"
+    print(f"\n{what}, {connections:,} connections ({len(rounds)} rounds, medians):")
+    rate_name, per_record_name = ("records", "") if incremental else ("records/s", "CPU us/record")
+    print(
+        f"  {'':<11} {'wall s':>7} {rate_name:>10} {'CPU s':>7} {per_record_name:>14} "
+        f"{'peak RSS MB':>12}  requests (live + simulated + other)"
+    )
+    for kind in kinds:
+        runs = [r[kind] for r in rounds]
+        last = runs[-1]
+        requests_text = " + ".join(str(last.requests.get(m, 0)) for m in MODES)
+        requests_text += f" + {sum(last.other_requests.values())}"
+        rate = f"{last.records:10,}" if incremental else f"{statistics.median(_rates(runs)):10,.0f}"
+        per_record = statistics.median(r.cpu_per_record for r in runs)
+        print(
+            f"  {kind:<11} {statistics.median(r.seconds for r in runs):7.2f} {rate} "
+            f"{statistics.median(r.cpu_seconds for r in runs):7.2f} "
+            f"{'' if incremental else f'{per_record:.1f}':>14} "
+            f"{max(r.peak_rss_mb for r in runs):12.1f}  {requests_text}"
+        )
+    pairs = [(f"{api} tap", f"{api} baseline") for api in ("v2", "v3")]
+    pairs += [("v3 tap", "v2 tap"), ("v3 baseline", "v2 baseline"), ("v2 tap", "v2 other")]
+    if incremental:
+        pairs = [("v3 tap", "v2 tap"), ("v2 tap", "v2 other")]
+    # With nothing new there are (almost) no records: compare whole runs instead.
+    cpu_name, cpu = ("CPU", _cpu) if incremental else ("CPU per record", _cpu_per_record)
+    lines = []
+    for top, bottom in pairs:
+        if top in kinds and bottom in kinds:
+            wall = _median_ratio(rounds, top, bottom, _wall)
+            lines.append(
+                f"  {top + ' / ' + bottom:<26} time {wall:5.2f}  "
+                f"{cpu_name} {_median_ratio(rounds, top, bottom, cpu):5.2f}"
+            )
+    if lines:
+        print("ratios (medians of the per-round ratios):")
+        print("\n".join(lines))
+
+
+def _rates(runs: list[Run]) -> list[float]:
+    return [run.rate for run in runs]
+
+
+def _wall(run: Run) -> float:
+    return run.seconds
+
+
+def _cpu(run: Run) -> float:
+    return run.cpu_seconds
+
+
+def _cpu_per_record(run: Run) -> float:
+    return run.cpu_per_record
 
 
 @dataclass
@@ -292,6 +507,7 @@ class Leg:
     seconds: float
     exit_code: int
     records: int = 0
+    """RECORD lines of `connections` (other streams' are not counted)."""
     keys: set[tuple[str, str]] = field(default_factory=set)
     last_state: dict[str, t.Any] | None = None
     statuses: dict[int, int] = field(default_factory=dict)
@@ -299,6 +515,7 @@ class Leg:
     """Seconds between each 429 and the request after it."""
     start_tokens: float = 0.0
     """Tokens in the bucket when the run started."""
+    cpu_seconds: float = 0.0
 
     @property
     def requests(self) -> int:
@@ -337,22 +554,18 @@ def run_leg(
     with out_path.open("wb") as out, err_path.open("wb") as err:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=out, stderr=err)
-        while True:
-            try:
-                process.wait(timeout=0.05)
-                break
-            except subprocess.TimeoutExpired:
-                pass
+        while (cpu := _reap(process, os.WNOHANG)) is None:
+            time.sleep(0.05)
             if time.perf_counter() - started > timeout:
                 process.kill()
             elif interrupt is not None and interrupt():
                 process.send_signal(signal.SIGTERM)
                 interrupt = None
         seconds = time.perf_counter() - started
-    leg = Leg(name, seconds, process.returncode)
+    leg = Leg(name, seconds, process.returncode, cpu_seconds=cpu)
     with out_path.open("rb") as lines:
         for line in lines:
-            if line.startswith(RECORD_MARK):
+            if line.startswith(CONNECTION_MARK):
                 record = json.loads(line)["record"]
                 leg.records += 1
                 leg.keys.add((record["userId"], record["vehicleId"]))
@@ -399,7 +612,7 @@ def describe_leg(leg: Leg, refill_per_minute: float, extra: str = "") -> str:
         f"  {leg.name:<11} exit {leg.exit_code:>3}  requests {leg.requests:4d} "
         f"({leg.pages} pages + {leg.statuses.get(429, 0)} 429s{other_text})  "
         f"wall {leg.seconds:6.1f} s (real {_minutes(leg.real(refill_per_minute))})  "
-        f"records {leg.records:,}{extra}"
+        f"CPU {leg.cpu_seconds:5.1f} s  records {leg.records:,}{extra}"
     )
 
 
@@ -429,8 +642,8 @@ def check_rerun(leg: Leg, first: Leg, expected: set[tuple[str, str]]) -> list[st
 class ResumeScenario:
     """An interrupted first sync under the rate-limit bucket, then resume and restart."""
 
-    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
-        self.args, self.workdir = args, workdir
+    def __init__(self, args: argparse.Namespace, workdir: Path, api: str) -> None:
+        self.args, self.workdir, self.api = args, workdir, api
         self.scale: float = args.time_scale
         connections = args.connections or 30_000
         self.pages = math.ceil(connections / PAGE_SIZE)
@@ -449,8 +662,8 @@ class ResumeScenario:
             "rate_limit_refill_per_minute": self.refill,
         }
         print(
-            f"resume scenario: {connections:,} live connections ({self.pages} pages), bucket "
-            f"{args.bucket} refilled at {args.refill_per_minute:g}/min x {self.scale:g} = "
+            f"resume scenario, API {api}: {connections:,} live connections ({self.pages} pages), "
+            f"bucket {args.bucket} refilled at {args.refill_per_minute:g}/min x {self.scale:g} = "
             f"{self.refill:g}/min, interrupt by {args.interrupt} after page {self.stop_at}",
             flush=True,
         )
@@ -463,9 +676,7 @@ class ResumeScenario:
         )
         config = workdir / "config.json"
         settings = {
-            "management_token": TOKEN,
-            "api_url": self.simulator.api_url,
-            "modes": ["live"],
+            **self.simulator.tap_settings(api, ("live",)),
             "page_size": PAGE_SIZE,
             # Long enough for any one Retry-After, short enough that --interrupt error ends soon.
             "max_retry_seconds": max(10, math.ceil(3 * 60 / self.refill)),
@@ -476,7 +687,10 @@ class ResumeScenario:
         self.problems: list[str] = []
 
     def _read_enough(self) -> bool:
-        good = sum(int(entry["status"] == 200) for entry in self.simulator.log())
+        good = sum(
+            int(entry["status"] == 200 and _list_of(entry)[0] == "connections")
+            for entry in self.simulator.log()
+        )
         return good >= self.stop_at
 
     def first_run(self) -> Leg:
@@ -520,8 +734,8 @@ class ResumeScenario:
         self.problems += check_rerun(leg, first, self.expected)
         return leg
 
-    def run(self) -> int:
-        """Run all three legs; return 1 if a check failed."""
+    def run(self) -> tuple[Leg, Leg] | None:
+        """Run all three legs; return the resume and restart legs, or None if a check failed."""
         try:
             first = self.first_run()
             state = first.last_state or {}
@@ -533,23 +747,127 @@ class ResumeScenario:
             self.problems.append("resuming read as many pages as restarting: no checkpoint used")
         real = self.args.refill_per_minute
         print(
-            f"\nresume vs restart: {resume.requests} vs {restart.requests} requests "
-            f"({resume.pages} vs {restart.pages} pages), {resume.seconds:.1f} vs "
+            f"\nresume vs restart, API {self.api}: {resume.requests} vs {restart.requests} "
+            f"requests ({resume.pages} vs {restart.pages} pages), {resume.seconds:.1f} vs "
             f"{restart.seconds:.1f} s wall at x{self.scale:g}, standing for "
             f"{resume.real(real) / 60:.1f} vs {restart.real(real) / 60:.1f} min at "
-            f"{real:g} requests/min",
+            f"{real:g} requests/min\n",
             flush=True,
         )
         if self.problems:
-            print("\nFAILED: " + "; ".join(self.problems), flush=True)
-            return 1
-        return 0
+            print("FAILED: " + "; ".join(self.problems) + "\n", flush=True)
+            return None
+        return resume, restart
 
 
 def run_resume_scenario(args: argparse.Namespace) -> int:
-    """Interrupt a rate-limited first sync, then compare resuming with restarting."""
-    with tempfile.TemporaryDirectory(prefix="tap-bench-resume-") as tmp:
-        return ResumeScenario(args, Path(tmp)).run()
+    """Interrupt a rate-limited first sync, then compare resuming with restarting, per API."""
+    legs: dict[str, tuple[Leg, Leg]] = {}
+    failed = False
+    for api in _apis(args):
+        with tempfile.TemporaryDirectory(prefix="tap-bench-resume-") as tmp:
+            result = ResumeScenario(args, Path(tmp), api).run()
+        if result is None:
+            failed = True
+        else:
+            legs[api] = result
+    if len(legs) == 2:
+        real = args.refill_per_minute
+        (v2_resume, v2_restart), (v3_resume, v3_restart) = legs["v2"], legs["v3"]
+        print(
+            f"v3 / v2: resume {v3_resume.requests} / {v2_resume.requests} requests, "
+            f"{v3_resume.real(real) / v2_resume.real(real):.2f} real time, CPU "
+            f"{v3_resume.cpu_seconds / v2_resume.cpu_seconds:.2f}; restart "
+            f"{v3_restart.requests} / {v2_restart.requests} requests, "
+            f"{v3_restart.real(real) / v2_restart.real(real):.2f} real time, CPU "
+            f"{v3_restart.cpu_seconds / v2_restart.cpu_seconds:.2f}",
+            flush=True,
+        )
+    return 1 if failed else 0
+
+
+def _apis(args: argparse.Namespace) -> tuple[str, ...]:
+    return ("v2", "v3") if args.api == "both" else (args.api,)
+
+
+class Rounds:
+    """The sync and incremental scenarios: alternated rounds of one run of each kind."""
+
+    def __init__(self, args: argparse.Namespace, simulator: Simulator, workdir: Path) -> None:
+        self.args, self.simulator, self.workdir = args, simulator, workdir
+        self.failed = False
+        tap_script = str(Path(sys.executable).with_name("tap-smartcar-connections"))
+        self.configs: dict[str, Path] = {}
+        for api in _apis(args):
+            path = workdir / f"{api}.config.json"
+            settings = {**simulator.tap_settings(api), "max_retry_seconds": 10}
+            path.write_text(json.dumps(settings), encoding="utf-8")
+            self.configs[api] = path
+        self.commands: dict[str, list[str]] = {}
+        for api, config in self.configs.items():
+            if args.scenario == "sync":
+                worker = [sys.executable, __file__, "--baseline-worker", str(config)]
+                self.commands[f"{api} baseline"] = worker
+            self.commands[f"{api} tap"] = [tap_script, "--config", str(config)]
+        if args.compare_tap and "v2" in self.configs:
+            self.commands["v2 other"] = [args.compare_tap, "--config", str(self.configs["v2"])]
+
+    def run_one(self, kind: str, command: list[str], *, incremental: bool = False) -> Run:
+        """Run one child on a cleared log, check it and print its line."""
+        self.simulator.clear_log()
+        log_path = self.workdir / f"{kind.replace(' ', '-')}.stderr"
+        run = timed_run(kind, command, log_path, self.args.timeout)
+        stderr = log_path.read_text(encoding="utf-8", errors="replace")
+        check(
+            run, self.simulator.log(), self.simulator.connections, stderr, incremental=incremental
+        )
+        self.failed = self.failed or bool(run.problems)
+        print(_describe(run, incremental=incremental), flush=True)
+        return run
+
+    def prepare(self) -> None:
+        """Warm the simulator's v3 encodings; for `incremental`, sync once to get each STATE.
+
+        The simulator encodes a v3 connection the first time it serves it: without a warm-up,
+        the first v3 run of a benchmark would wait for that.
+        """
+        if self.args.scenario == "sync":
+            if "v3 baseline" in self.commands:
+                print("warm-up (v3 encodings)", flush=True)
+                self.run_one("v3 baseline", self.commands["v3 baseline"])
+            return
+        print("first syncs, to the end", flush=True)
+        for api in self.configs:
+            leg = run_leg(f"{api}-first", self.commands[f"{api} tap"], self.workdir, 600)
+            if leg.exit_code != 0 or leg.records != self.simulator.connections:
+                print(f"  FAILED: the first {api} sync: exit {leg.exit_code}, {leg.records:,}")
+                self.failed = True
+            state = self.workdir / f"{api}.state.json"
+            state.write_text(json.dumps(leg.last_state or {}), encoding="utf-8")
+            print(f"  {api} tap    {leg.seconds:7.2f} s  records {leg.records:,}", flush=True)
+        for kind, command in self.commands.items():
+            command += ["--state", str(self.workdir / f"{kind.split()[0]}.state.json")]
+
+    def run(self) -> int:
+        """Run the rounds, then print the medians and ratios; return 1 if a check failed."""
+        incremental = self.args.scenario == "incremental"
+        self.prepare()
+        kinds = list(self.commands)
+        rounds: list[dict[str, Run]] = []
+        for index in range(self.args.pairs):
+            print(f"round {index + 1}/{self.args.pairs}", flush=True)
+            order = kinds if index % 2 == 0 else kinds[::-1]
+            runs = {
+                kind: self.run_one(kind, self.commands[kind], incremental=incremental)
+                for kind in order
+            }
+            rounds.append({kind: runs[kind] for kind in kinds})
+        if rounds:
+            summarise(rounds, self.simulator.connections, incremental=incremental)
+        if self.failed:
+            print("\nFAILED: a run wrote the wrong records or made the wrong requests", flush=True)
+            return 1
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -557,17 +875,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
         "--scenario",
-        choices=("sync", "resume"),
+        choices=("sync", "incremental", "resume"),
         default="sync",
-        help="sync: tap vs baseline full sync; resume: interrupt, then resume vs restart",
+        help="sync: tap vs baseline full sync; incremental: a sync with nothing new; "
+        "resume: interrupt, then resume vs restart",
+    )
+    parser.add_argument(
+        "--api",
+        choices=("v2", "v3", "both"),
+        default="v2",
+        help="the API the tap and the baseline read (both: each, in the same rounds)",
     )
     parser.add_argument(
         "--connections",
         type=int,
         help="simulated connections (default 100,000; resume: 30,000 live)",
     )
-    parser.add_argument("--pairs", type=int, default=3, help="alternated baseline/tap pairs")
+    parser.add_argument("--pairs", type=int, default=3, help="alternated rounds (of each kind)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per run")
+    parser.add_argument(
+        "--compare-tap",
+        metavar="SCRIPT",
+        help="another build's tap-smartcar-connections, timed in each round under v2",
+    )
     resume = parser.add_argument_group("resume scenario")
     resume.add_argument(
         "--time-scale", type=float, default=60, help="the bucket refills this many times faster"
@@ -585,55 +915,21 @@ def main(argv: list[str] | None = None) -> int:
         default="sigterm",
         help="SIGTERM once the simulator logged the pages, or a permanent 500 after them",
     )
-    parser.add_argument("--baseline-worker", metavar="API_URL", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-worker", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline_worker:
-        run_baseline(args.baseline_worker)
+        run_baseline(json.loads(Path(args.baseline_worker).read_text(encoding="utf-8")))
         return 0
     if args.scenario == "resume":
         return run_resume_scenario(args)
     args.connections = args.connections or 100_000
-
-    tap_script = str(Path(sys.executable).with_name("tap-smartcar-connections"))
     print(f"Starting the simulator with {args.connections:,} connections...", flush=True)
     simulator = Simulator(args.connections)
-    failed = False
-    pairs: list[tuple[Run, Run]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="tap-bench-") as tmp:
-            config = Path(tmp, "config.json")
-            settings = {
-                "management_token": TOKEN,
-                "api_url": simulator.api_url,
-                "modes": list(MODES),
-                "max_retry_seconds": 10,
-            }
-            config.write_text(json.dumps(settings), encoding="utf-8")
-            commands = {
-                "baseline": [sys.executable, __file__, "--baseline-worker", simulator.api_url],
-                "tap": [tap_script, "--config", str(config)],
-            }
-            for index in range(args.pairs):
-                order = ("baseline", "tap") if index % 2 == 0 else ("tap", "baseline")
-                results: dict[str, Run] = {}
-                print(f"pair {index + 1}/{args.pairs}", flush=True)
-                for kind in order:
-                    simulator.clear_log()
-                    log_path = Path(tmp, f"{kind}.stderr")
-                    run = timed_run(kind, commands[kind], log_path, args.timeout)
-                    stderr = log_path.read_text(encoding="utf-8", errors="replace")
-                    check(run, simulator.log(), simulator.connections, stderr)
-                    failed = failed or bool(run.problems)
-                    results[kind] = run
-                    print(_describe(run), flush=True)
-                pairs.append((results["baseline"], results["tap"]))
+            return Rounds(args, simulator, Path(tmp)).run()
     finally:
         simulator.stop()
-    summarise(pairs, simulator.connections)
-    if failed:
-        print("\nFAILED: a run wrote the wrong records or made the wrong requests", flush=True)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -328,6 +328,81 @@ def test_the_bench_fails_a_wrong_sync(
     assert any(problem in text for text in run.problems), run.problems
 
 
+def v3_log_entries(
+    connections: dict[str, list[int]], *, tokens: int = 1, webhooks: int = 3
+) -> list[dict[str, t.Any]]:
+    entries = [{"path": "/oauth2/token", "params": {}, "count": 0, "status": 200}] * tokens
+    entries += [{"path": "/management/v3/webhooks", "params": {}, "count": webhooks, "status": 200}]
+    for mode, counts in connections.items():
+        params = {"filter[vehicle.mode]": mode}
+        entries += [
+            {"path": "/vehicle/v3/connections", "params": params, "count": n, "status": 200}
+            for n in counts
+        ]
+        entries.append(
+            {"path": "/management/v3/subscriptions", "params": params, "count": 3, "status": 200}
+        )
+    return entries
+
+
+def test_the_bench_accepts_a_complete_minimal_v3_sync() -> None:
+    bench = load_bench()
+    run = bench.Run("v3 tap", 1.0, 0, 259, 50.0, api="v3", connection_records=250)
+
+    bench.check(run, v3_log_entries({"live": [100, 25], "simulated": [100, 25]}), 250, "")
+
+    assert run.problems == []
+    assert run.requests == {"live": 2, "simulated": 2}
+    assert run.other_requests == {
+        "token": 1,
+        "webhooks": 1,
+        "subscriptions live": 1,
+        "subscriptions simulated": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("entries", "problem"),
+    [
+        (v3_log_entries({"live": [100, 25], "simulated": [100, 25]}, tokens=2), "2 token"),
+        (v3_log_entries({"live": [100, 25], "simulated": [100, 25]}, tokens=0), "0 token"),
+        (v3_log_entries({"live": [125], "simulated": [125]}, webhooks=0), "records"),
+        (v3_log_entries({"live": [100, 25]}), "0 connections simulated"),
+    ],
+    ids=["two-tokens", "no-token", "other-lists-not-written", "mode-not-read"],
+)
+def test_the_bench_fails_a_wrong_v3_sync(entries: list[dict[str, t.Any]], problem: str) -> None:
+    bench = load_bench()
+    run = bench.Run("v3 tap", 1.0, 0, 259, 50.0, api="v3", connection_records=250)
+
+    bench.check(run, entries, 250, "")
+
+    assert any(problem in text for text in run.problems), run.problems
+
+
+@pytest.mark.parametrize(
+    ("written", "entries", "problem"),
+    [
+        (0, log_entries("live", [100]) + log_entries("simulated", [100]), None),
+        (1, log_entries("live", [100]) + log_entries("simulated", [100]), "1 connections"),
+        (0, log_entries("live", [100, 25]) + log_entries("simulated", [100]), "2 connections live"),
+    ],
+    ids=["nothing-new", "a-record-sent-again", "read-past-the-bookmark"],
+)
+def test_the_bench_checks_an_incremental_sync_with_nothing_new(
+    written: int, entries: list[dict[str, t.Any]], problem: str | None
+) -> None:
+    bench = load_bench()
+    run = bench.Run("v2 tap", 1.0, 0, written, 50.0, connection_records=written)
+
+    bench.check(run, entries, 250, "", incremental=True)
+
+    if problem is None:
+        assert run.problems == []
+    else:
+        assert any(problem in text for text in run.problems), run.problems
+
+
 def test_another_message_writer_gets_its_own_record_lines(config: dict[str, t.Any]) -> None:
     # The fast path writes msgspec's bytes itself; with any other writer it must step aside.
     buffer = io.BytesIO()
