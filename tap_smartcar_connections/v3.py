@@ -433,10 +433,12 @@ class V3ConnectionsStream(_V3Stream, ConnectionsStream):
         items = body.data
         try:
             created = _normalize_timestamps([item.meta.created_at for item in items])
-            updated = [
-                None if item.meta.updated_at is None else normalize_timestamp(item.meta.updated_at)
-                for item in items
-            ]
+            changes = [item.meta.updated_at for item in items]
+            updated: list[str | None] = (
+                [None if value is None else normalize_timestamp(value) for value in changes]
+                if None in changes
+                else list(_normalize_timestamps(t.cast("list[str]", changes)))
+            )
         except ValueError as exc:
             msg = f"{response.status_code} with a connection date that is not ISO 8601 ({exc})"
             raise BrokenBody(printable(msg, 300), response) from exc
