@@ -160,6 +160,9 @@ class _Walk:
     """The last of them."""
     read: set[str] = field(default_factory=set)
     """Every item read (`ConnectionsStream._identity`), when pages shift, to check `total`."""
+    shrank: str = ""
+    """How the list shrank between two pages without the next one starting with an item
+    already read (which would prove nothing moved up past the walk)."""
     resumed: bool = False
     pages: int = 0
     records: int = 0
@@ -177,6 +180,7 @@ class _Walk:
         self.last = checkpoint["last"]
         self.unordered = checkpoint.get("unordered", False) or head.unordered
         self.totals, self.total, self.resumed = set(head.totals), head.total, True
+        self.shrank = head.shrank or printable(checkpoint.get("shrank"), 200)
         self.pages, self.records = head.pages, head.records
         self.top = head.top or checkpoint["newest"]
 
@@ -193,19 +197,33 @@ class _Walk:
         }
         if self.total is not None:
             saved["total"] = self.total
+        if self.shrank:
+            saved["shrank"] = self.shrank  # a resume must not forget it
         return saved
 
-    def doubt(self, ended: str, noun: str = "connections") -> str | None:
-        """Why a walk over shifting pages may have missed a connection, or None.
+    def doubt(self, ended: str, *, strict: bool, noun: str = "connections") -> str | None:
+        """Why a walk over shifting pages may have missed an item, or None.
 
-        A connection removed from a page already read pulls an unread one up onto it, where
-        the walk never looks; the list's size then changes under the walk. Counts alone prove
-        nothing (the removed one was read), so both the size and the distinct keys are checked.
+        An item removed from a page already read pulls an unread one up onto it, where the
+        walk never looks; the list's size then changes under the walk. Counts alone prove
+        nothing (the removed one was read), so both the size and the distinct items are
+        checked. `strict` (a full read, which may end in ACTIVATE_VERSION) takes any change of
+        size as a doubt; otherwise only a shrink that `shrank` could not rule out is one, so
+        that a first walk on a busy application, where connections only come, still ends.
         """
-        if len(self.totals) > 1:
+        if strict and len(self.totals) > 1:
             sizes = ", ".join(str(total) for total in sorted(self.totals))
             return f"the list's size (meta.totalCount) changed during the walk ({sizes})"
-        if ended == "end" and not self.resumed and self.total not in {None, len(self.read)}:
+        if not strict and self.shrank:
+            return (
+                f"{self.shrank}, and an unread {noun[:-1]} may have moved onto a page already read"
+            )
+        if (
+            ended == "end"
+            and not self.resumed
+            and len(self.totals) == 1
+            and self.total != len(self.read)
+        ):
             return (
                 f"{len(self.read)} distinct {noun} were read but the list's size "
                 f"(meta.totalCount) is {self.total}"
@@ -393,7 +411,8 @@ class SmartcarStream(RESTStream[str]):
     ADVICE: t.ClassVar[dict[int, str]] = {}
     """What to do about a refused request (4xx), by status."""
     _record_affixes: tuple[bytes, bytes] | None = None
-    _environment: dict[str, t.Any] | None = None
+    _environments: dict[str, dict[str, t.Any]] | None = None
+    """The environment's proxies and TLS settings, per origin (`NO_PROXY` may tell them apart)."""
     _emitted = 0
     """Records emitted in a connection test (`ABORT_AT_RECORD_COUNT`)."""
     _complete_walks = 0
@@ -584,11 +603,13 @@ class SmartcarStream(RESTStream[str]):
         Raises:
             ResponseTimeout: If the response was not complete within `request_timeout`.
         """
-        if self._environment is None:
+        environments = self._environments = self._environments or {}
+        where = origin(request.url or "")
+        if where not in environments:
             settings = self.requests_session.merge_environment_settings(
                 request.url, {}, None, None, None
             )
-            self._environment = {key: settings[key] for key in ("proxies", "verify", "cert")}
+            environments[where] = {key: settings[key] for key in ("proxies", "verify", "cert")}
         self._pace()
         with deadline(self.timeout) as expired:
             try:
@@ -596,7 +617,7 @@ class SmartcarStream(RESTStream[str]):
                     request,
                     stream=True,
                     timeout=(min(CONNECT_TIMEOUT_SECONDS, self.timeout), self.timeout),
-                    **self._environment,
+                    **environments[where],
                 )
                 self._run.answered.add(origin(request.url or ""))
                 response._content = read_body(response)
@@ -879,7 +900,7 @@ class ConnectionsStream(SmartcarStream):
                     ended = yield from self._read(walk, None, state, counter)
                 if ended == "cut":
                     return
-                doubt = walk.doubt(ended)
+                doubt = walk.doubt(ended, strict=state is None)
                 if doubt is None or attempt == REREADS:
                     break
                 self.logger.warning(
@@ -1001,6 +1022,17 @@ class ConnectionsStream(SmartcarStream):
             counter.increment()
             walk.pages += 1
             if page.total is not None:
+                if walk.total is not None and page.total < walk.total and not walk.shrank:
+                    first = page.records[0] if page.records else None
+                    moved_down = first is not None and (
+                        (above and first["connectedAt"] > above)
+                        or self._identity(first, _key(first)) in walk.read
+                    )
+                    if not moved_down:
+                        walk.shrank = (
+                            f"meta.totalCount fell from {walk.total} to {page.total} before "
+                            f"page {walk.pages}"
+                        )
                 walk.totals.add(page.total)
                 walk.total = page.total
             if not page.ordered and not walk.unordered:
@@ -1043,10 +1075,12 @@ class ConnectionsStream(SmartcarStream):
                 yield record
             walk.last, walk.newest, walk.newest_keys = previous, newest, keys
             walk.top = walk.top or (records[0]["connectedAt"] if records else "")
+            if limit is not None and self._emitted >= limit:
+                return "cut"
             if token is None:
                 return "end"
-            if (reached and not walk.unordered) or (limit is not None and self._emitted >= limit):
-                return "cut" if limit is not None and self._emitted >= limit else "floor"
+            if reached and not walk.unordered:
+                return "floor"
             empty = 0 if records else empty + 1
             _check_paging(walk, token, seen, empty)
             seen.add(token)

@@ -421,7 +421,7 @@ def _check_api_url(url: str) -> str | None:
         (not _is_host(parts.hostname or ""), "has an invalid host name"),
         (
             parts.scheme == "http" and not _is_loopback(parts.hostname or ""),
-            "must use https:// (http:// sends the token in cleartext; only a loopback host "
+            "must use https:// (http:// sends credentials in cleartext; only a loopback host "
             "such as the simulator may use it)",
         ),
     ]

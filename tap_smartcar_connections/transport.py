@@ -83,12 +83,12 @@ def redact(text: str) -> str:
     """Remove every registered secret and any `Basic …`/`Bearer …` credential from `text`.
 
     A proxy or server that echoes the request's headers would otherwise put the token into an
-    error line or a log message.
+    error line or a log message. Registered secrets go first: the `Bearer …` pattern stops at
+    punctuation a token may hold, and would leave its tail for them to miss.
     """
-    text = _AUTH_VALUE.sub(rf"\1 {REDACTED}", text)
     for secret in sorted(_SECRETS, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
-    return text
+    return _AUTH_VALUE.sub(rf"\1 {REDACTED}", text)
 
 
 def install_log_redaction() -> None:

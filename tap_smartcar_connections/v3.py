@@ -379,14 +379,20 @@ class _V3Stream(SmartcarStream):
             raise SmartcarAPIError(msg)
         total = meta.total_count
         link = body.links.next if isinstance(body.links, _Links) else msgspec.UNSET
-        if link is msgspec.UNSET:
-            msg = f"{response.status_code} with no links.next (not even null)"
-            raise BrokenBody(msg, response)
         if total is msgspec.UNSET or total < 0:
             # Without the list's size, a walk over shifting pages cannot be checked.
             shown = "no" if total is msgspec.UNSET else f"a negative ({total})"
             msg = f"{response.status_code} with {shown} meta.totalCount"
             raise BrokenBody(msg, response)
+        if link is msgspec.UNSET:
+            # JSON:API may leave `next` out on the last page; only the count can say it is.
+            if (number - 1) * size + len(body.data) != total:
+                msg = (
+                    f"{response.status_code} with no links.next (not even null) on page "
+                    f"{number}, while meta.totalCount says {total} items"
+                )
+                raise BrokenBody(msg, response)
+            link = None
         if link is None:
             if (number - 1) * size + len(body.data) < total:
                 msg = (
@@ -527,16 +533,12 @@ class _ManagementStream(_V3Stream):
     @override
     def request_records(self, context: Context | None) -> Iterator[dict[str, t.Any]]:
         fetch = self.request_decorator(self._fetch_page)
+        limit = self.ABORT_AT_RECORD_COUNT  # set in a dry run (`--test`)
         sent: set[str] = set()
         for attempt in range(REREADS + 1):
             walk = _Walk(context)
             token: str | None = None
             while True:
-                if (
-                    self.ABORT_AT_RECORD_COUNT is not None
-                    and self._emitted >= self.ABORT_AT_RECORD_COUNT
-                ):
-                    return
                 page = fetch(context, token)
                 walk.pages += 1
                 if page.total is not None:
@@ -545,13 +547,15 @@ class _ManagementStream(_V3Stream):
                 for record in page.records:
                     walk.read.add(record["id"])
                     if record["id"] not in sent:
+                        if limit is not None and self._emitted >= limit:
+                            return  # a dry run stops here, without the SDK's abort (an error)
                         sent.add(record["id"])
                         self._emitted += 1
                         yield record
                 token = page.next
                 if token is None:
                     break
-            doubt = walk.doubt("end", "items")
+            doubt = walk.doubt("end", strict=True, noun="items")
             if doubt is None:
                 self._complete_walks += 1
                 return

@@ -658,7 +658,7 @@ def connection_requests(server: Scripted) -> list[Seen]:
         ({"meta": {"totalCount": ...}}, "with no meta.totalCount"),
         ({"meta": {"totalCount": -1}}, "with a negative (-1) meta.totalCount"),
         ({"meta": {"pageNumber": 2}}, "with page 2, not page 1"),
-        ({"links": {"self": "x"}}, "with no links.next (not even null)"),
+        ({"links": {"self": "x"}, "total": 5}, "with no links.next (not even null) on page 1"),
         ({"total": 5}, "links.next null on page 1, but meta.totalCount says 5"),
     ],
     ids=["no total", "negative total", "wrong page", "no next", "total above"],
@@ -675,6 +675,19 @@ def test_a_list_that_contradicts_itself_fails_after_a_few_tries(
     assert f"{BODY_ATTEMPTS} times in a row" in line
     assert len(connection_requests(server)) == BODY_ATTEMPTS
     assert run.records == []
+
+
+def test_a_last_page_without_links_next_is_accepted_when_the_count_says_it_is_last(
+    tmp_path: Path, scripted: t.Callable[..., Scripted]
+) -> None:
+    """JSON:API may leave `next` out on the last page: 2 of 2 read, the walk is complete."""
+    server = scripted(connections_page(connection(1), connection(2), links={"self": "x"}))
+
+    run = run_cli(tmp_path, server.settings())
+
+    assert run.exit_code == 0, run.stderr.splitlines()[-1]
+    assert len(connection_requests(server)) == 1
+    assert len([r for r in run.records if "connectionId" in r]) == 2
 
 
 def test_smaller_pages_than_page_size_ask_for_the_setting_at_once(
@@ -933,3 +946,71 @@ def test_max_requests_per_minute_paces_every_request_of_the_run(
     assert [s.path for s in server.seen] == [TOKEN_PATH, CONNECTIONS, SUBSCRIPTIONS, WEBHOOKS]
     gaps = [b.arrived - a.arrived for a, b in itertools.pairwise(server.seen)]
     assert min(gaps) >= 0.95
+
+
+def test_an_echoed_bearer_header_with_a_punctuated_token_is_fully_redacted(
+    tmp_path: Path, scripted: t.Callable[..., Scripted]
+) -> None:
+    """A token with punctuation, echoed as 'Bearer <token>', leaves no tail behind."""
+    tail = secrets.token_hex(12)
+    value = f"tok!{tail}"
+
+    def token(index: int, request: Seen) -> Reply:
+        body = {"access_token": value, "token_type": "Bearer", "expires_in": 3600}
+        return Reply(body=json.dumps(body).encode())
+
+    def echo(index: int, request: Seen) -> Reply:
+        error = {
+            "status": "401",
+            "type": "AUTHENTICATION",
+            "detail": f"refused Authorization: {request.headers['Authorization']}",
+        }
+        return Reply(status=401, body=json.dumps({"errors": [error]}).encode())
+
+    server = scripted(data=echo, token=token)
+
+    run = run_cli(tmp_path, server.settings())
+
+    line = failure(run)
+    assert "a new access token was refused too" in line
+    assert tail not in run.stderr, line
+
+
+def test_the_vehicle_api_uses_the_proxy_the_environment_gives_it(
+    tmp_path: Path, scripted: t.Callable[..., Scripted]
+) -> None:
+    """NO_PROXY exempts the token host only: the vehicle API must still go through the proxy.
+
+    The scripted server plays the token endpoint (reached directly, as `localhost`) and the
+    proxy (it answers absolute-URI requests as its own). The vehicle API's own port is closed,
+    so only a request sent through the proxy can succeed.
+    """
+
+    def script(index: int, request: Seen) -> Reply:
+        if request.path == CONNECTIONS:
+            return v3_list([connection(1)], request)
+        return empty_lists(index, request)
+
+    server = scripted(script)
+    port = server.root.rsplit(":", 1)[1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    settings = server.settings(
+        v3_token_url=f"http://localhost:{port}/oauth2/token",
+        v3_vehicle_api_url=f"{closed}/vehicle/v3",
+        v3_management_api_url=f"{closed}/management/v3",
+    )
+    env = {
+        "HTTP_PROXY": server.root,
+        "http_proxy": server.root,
+        "NO_PROXY": "localhost",
+        "no_proxy": "localhost",
+    }
+
+    run = run_cli(tmp_path, settings, env=env)
+
+    assert run.exit_code == 0, run.stderr.splitlines()[-1]
+    assert [(r["userId"], r["vehicleId"]) for r in run.records if "userId" in r][:1] == [
+        ("user-1", "vehicle-1")
+    ]
