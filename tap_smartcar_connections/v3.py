@@ -100,7 +100,7 @@ def describe_response(response: requests.Response) -> str:
 class _Token(msgspec.Struct):
     access_token: str
     token_type: str
-    expires_in: int
+    expires_in: int | float
 
 
 _TOKEN_DECODER = msgspec.json.Decoder(_Token)
@@ -169,7 +169,7 @@ class AccessToken:
             msg = f"{status} from the token endpoint with an access_token that is not a token"
             raise BrokenBody(msg, response)
         register_secret(token.access_token)
-        if token.token_type.lower() != "bearer" or token.expires_in <= 0:
+        if token.token_type.lower() != "bearer" or not token.expires_in >= 1:
             msg = (
                 f"{status} from the token endpoint with token_type "
                 f"{printable(token.token_type, 20)!r} and expires_in {token.expires_in}, not a "
@@ -177,7 +177,7 @@ class AccessToken:
                 "token of type 'Bearer' with a lifetime"
             )
             raise BrokenBody(msg, response)
-        lifetime = min(token.expires_in, MAX_TOKEN_SECONDS)
+        lifetime = int(min(token.expires_in, MAX_TOKEN_SECONDS))
         self.value = token.access_token
         self.renew_at = time.monotonic() + lifetime - min(TOKEN_MARGIN_SECONDS, lifetime / 10)
         self.fetched += 1

@@ -804,6 +804,21 @@ def test_a_token_that_cannot_be_used_fails_without_being_echoed(
     assert run.records == []
 
 
+def test_a_token_lifetime_given_as_a_float_is_used(
+    tmp_path: Path, scripted: t.Callable[..., Scripted]
+) -> None:
+    """`expires_in: 3600.0` is a lifetime too; only a missing or non-number one fails."""
+    payload = {"access_token": "tok-abcdef123456", "token_type": "Bearer", "expires_in": 3600.0}
+    body = json.dumps(payload).encode()
+    server = scripted(token=lambda i, r: Reply(body=body))
+
+    run = run_cli(tmp_path, server.settings())
+
+    assert run.exit_code == 0, run.stderr.splitlines()[-1]
+    assert len(server.tokens) == 1
+    assert all(s.headers["Authorization"] == "Bearer tok-abcdef123456" for s in server.data)
+
+
 def test_a_token_endpoint_answering_html_is_retried_then_fails(
     tmp_path: Path, scripted: t.Callable[..., Scripted]
 ) -> None:
