@@ -58,6 +58,23 @@ def conn(n: int, at: str, mode: str = "live") -> dict[str, str]:
     return {"userId": f"user-{n}", "vehicleId": f"vehicle-{n}", "connectedAt": at, "mode": mode}
 
 
+def send(handler: BaseHTTPRequestHandler, reply: Reply) -> None:
+    """Write `reply` in its chunks, pausing after each; a client that hung up ends it."""
+    try:
+        handler.send_response(reply.status)
+        chunks = reply.body if isinstance(reply.body, list) else [reply.body]
+        headers = {"Content-Length": str(sum(map(len, chunks))), **reply.headers}
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        for chunk in chunks:
+            handler.wfile.write(chunk)
+            handler.wfile.flush()
+            time.sleep(reply.pause)
+    except OSError:
+        handler.close_connection = True
+
+
 class Hostile:
     """A loopback HTTP server answering request i with `script(i, path)` (or the i-th reply)."""
 
@@ -79,19 +96,7 @@ class Hostile:
                 if reply.status == 0:
                     self.close_connection = True
                     return
-                try:
-                    self.send_response(reply.status)
-                    chunks = reply.body if isinstance(reply.body, list) else [reply.body]
-                    headers = {"Content-Length": str(sum(map(len, chunks))), **reply.headers}
-                    for name, value in headers.items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    for chunk in chunks:
-                        self.wfile.write(chunk)
-                        self.wfile.flush()
-                        time.sleep(reply.pause)
-                except OSError:
-                    self.close_connection = True
+                send(self, reply)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

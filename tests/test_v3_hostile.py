@@ -29,7 +29,7 @@ from smartcar_simulator import SmartcarSimulator, generate_connections, generate
 from tap_smartcar_connections.client import BODY_ATTEMPTS, normalize_timestamp
 
 from .conftest import Run, bookmarks, run_cli
-from .test_hostile import Reply, failure
+from .test_hostile import Reply, failure, send
 
 CLI = str(Path(sys.executable).with_name("tap-smartcar-connections"))
 TOKEN_PATH = "/oauth2/token"
@@ -582,19 +582,7 @@ class Scripted:
                 if reply.status == 0:
                     self.close_connection = True
                     return
-                try:
-                    self.send_response(reply.status)
-                    chunks = reply.body if isinstance(reply.body, list) else [reply.body]
-                    headers = {"Content-Length": str(sum(map(len, chunks))), **reply.headers}
-                    for name, value in headers.items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    for chunk in chunks:
-                        self.wfile.write(chunk)
-                        self.wfile.flush()
-                        time.sleep(reply.pause)
-                except OSError:
-                    self.close_connection = True
+                send(self, reply)
 
             do_POST = do_GET
 
