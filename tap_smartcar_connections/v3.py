@@ -118,7 +118,6 @@ class AccessToken:
         """Start without a token: the first request fetches one."""
         self.value = ""
         self.renew_at = 0.0
-        self.fetched = 0
 
     def get(self, stream: SmartcarStream) -> str:
         """The current token, fetched through `stream` when there is none or it is ending."""
@@ -180,7 +179,6 @@ class AccessToken:
         lifetime = int(min(token.expires_in, MAX_TOKEN_SECONDS))
         self.value = token.access_token
         self.renew_at = time.monotonic() + lifetime - min(TOKEN_MARGIN_SECONDS, lifetime / 10)
-        self.fetched += 1
         stream.logger.info("Fetched a Smartcar API v3 access token (valid %d s)", lifetime)
 
 
@@ -437,17 +435,8 @@ class V3ConnectionsStream(_V3Stream, ConnectionsStream):
         body: _List[_Connection] = self._decode(response, _CONNECTIONS)
         page = self._paging(response, body, token)
         items = body.data
-        try:
-            created = _normalize_timestamps([item.meta.created_at for item in items])
-            changes = [item.meta.updated_at for item in items]
-            updated: list[str | None] = (
-                [None if value is None else normalize_timestamp(value) for value in changes]
-                if None in changes
-                else list(_normalize_timestamps(t.cast("list[str]", changes)))
-            )
-        except ValueError as exc:
-            msg = f"{response.status_code} with a connection date that is not ISO 8601 ({exc})"
-            raise BrokenBody(printable(msg, 300), response) from exc
+        created = _stamps(response, [item.meta.created_at for item in items])
+        updated = _stamps(response, [item.meta.updated_at for item in items])
         records = []
         for item, stamp, changed in zip(items, created, updated, strict=True):
             relations, attributes, vehicle = (
@@ -695,13 +684,19 @@ class SubscriptionsStream(_ManagementStream):
         return page
 
 
-def _stamps(response: requests.Response, values: list[str | None]) -> list[str | None]:
-    """Normalise a page's timestamps like `connectedAt`; None stays None.
+@t.overload
+def _stamps(response: requests.Response, values: list[str]) -> list[str]: ...
+@t.overload
+def _stamps(response: requests.Response, values: list[str | None]) -> list[str | None]: ...
+def _stamps(response: requests.Response, values: list[t.Any]) -> list[t.Any]:
+    """Normalise a page's timestamps like `connectedAt`, a page at a time; None stays None.
 
     Raises:
         BrokenBody: If one is not an ISO 8601 date-time.
     """
     try:
+        if None not in values:
+            return _normalize_timestamps(values)
         return [None if value is None else normalize_timestamp(value) for value in values]
     except ValueError as exc:
         msg = f"{response.status_code} with a date that is not ISO 8601 ({exc})"

@@ -733,6 +733,43 @@ def test_a_year_that_is_not_an_integer_is_a_broken_body(
     assert len(connection_requests(server)) == BODY_ATTEMPTS
 
 
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"createdAt": "2024-02-30T00:00:00Z", "updatedAt": None},
+        {"createdAt": "2026-01-01T00:00:00Z", "updatedAt": "yesterday"},
+        {"createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-13-01T00:00:00Z"},
+    ],
+    ids=["impossible createdAt", "updatedAt not a date", "impossible updatedAt"],
+)
+def test_a_date_that_is_not_iso_8601_is_a_broken_body(
+    tmp_path: Path, scripted: t.Callable[..., Scripted], meta: dict[str, t.Any]
+) -> None:
+    server = scripted(connections_page(connection(2), connection(1, meta=meta)))
+
+    run = run_cli(tmp_path, server.settings())
+
+    line = failure(run)
+    assert "with a date that is not ISO 8601" in line
+    assert len(connection_requests(server)) == BODY_ATTEMPTS
+
+
+def test_dates_are_normalised_with_or_without_an_updated_at(
+    tmp_path: Path, scripted: t.Callable[..., Scripted]
+) -> None:
+    changed = {"createdAt": "2026-01-01T01:00:00+01:00", "updatedAt": "2026-01-03T00:00:00.5Z"}
+    server = scripted(connections_page(connection(2), connection(1, meta=changed)))
+
+    run = run_cli(tmp_path, server.settings())
+
+    assert run.exit_code == 0, run.stderr.splitlines()[-1]
+    stamps = [(r["connectedAt"], r["updatedAt"]) for r in run.records if "connectionId" in r]
+    assert stamps == [
+        ("2026-01-02T00:00:00.000000Z", None),
+        ("2026-01-01T00:00:00.000000Z", "2026-01-03T00:00:00.500000Z"),
+    ]
+
+
 @pytest.mark.parametrize("route", ["token", "data"])
 def test_a_redirect_is_refused_and_never_followed(
     tmp_path: Path, scripted: t.Callable[..., Scripted], route: str
