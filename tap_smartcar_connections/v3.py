@@ -315,20 +315,27 @@ class _V3Stream(SmartcarStream):
 
         A token can be revoked, or expire early, while the run still holds it.
         """
-        for attempt in (1, 2):
-            value = self.token.get(self)
-            prepared_request.headers["Authorization"] = f"Bearer {value}"
-            try:
-                return super()._request(prepared_request, context)
-            except _Refused as exc:
-                if exc.status != HTTPStatus.UNAUTHORIZED or attempt == 2:
-                    if exc.status == HTTPStatus.UNAUTHORIZED:
-                        msg = f"{exc} (a new access token was refused too)"
-                        raise SmartcarAPIError(msg) from exc
-                    raise
-                self.logger.info("The access token was refused (401): fetching a new one")
-                self.token.discard(value)
-        raise AssertionError  # pragma: no cover -- the loop returns or raises
+        value = self.token.get(self)
+        try:
+            return self._send_with(prepared_request, value, context)
+        except _Refused as exc:
+            if exc.status != HTTPStatus.UNAUTHORIZED:
+                raise
+        self.logger.info("The access token was refused (401): fetching a new one")
+        self.token.discard(value)
+        try:
+            return self._send_with(prepared_request, self.token.get(self), context)
+        except _Refused as exc:
+            if exc.status == HTTPStatus.UNAUTHORIZED:
+                msg = f"{exc} (a new access token was refused too)"
+                raise SmartcarAPIError(msg) from exc
+            raise
+
+    def _send_with(
+        self, request: requests.PreparedRequest, token: str, context: Context | None
+    ) -> requests.Response:
+        request.headers["Authorization"] = f"Bearer {token}"
+        return super()._request(request, context)
 
     @override
     def get_url_params(
