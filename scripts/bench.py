@@ -21,6 +21,19 @@ user + system time (`wait4`), which a busy machine disturbs less than the wall c
 is the child's `VmHWM`.
 
     .venv/bin/python scripts/bench.py [--api v2|v3|both] [--connections N] [--pairs K]
+                                      [--latency MS[,MS...]]
+
+On loopback a page costs the simulator almost nothing, so the tap's CPU decides; a real page
+takes tens to hundreds of milliseconds. `--latency 50` has the simulator wait 50 ms before
+answering each request (every page, the v3 token, the webhooks and subscriptions), the same
+for the tap and the baseline; each run is checked to have waited it out on every request (no
+request arrived sooner than that after the one before). `--latency 0,50` runs every round at
+each latency in turn (their order reversed every other round too), then prints each
+latency's medians and ratios and a table of the time ratios side by side, so that both come
+from one run on one machine. With a latency above 0 the default is 20,000 connections (200
+pages of 100, 10 s a run at 50 ms) instead of 100,000; pass `--connections` to choose, and the
+same count to compare loopback figures between runs, as the tap's start-up weighs more in a
+short run.
 
 `--scenario incremental` times a sync with nothing new: each API's tap is first run once to
 the end, then K times from the STATE it emitted (one page per mode, no RECORD of a connection).
@@ -40,6 +53,7 @@ interrupted run and each rerun together. With `--api both`, v2 then v3, each on 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -351,6 +365,7 @@ def check(
     stderr: str,
     *,
     incremental: bool = False,
+    latency: float = 0.0,
 ) -> None:
     """Compare a run's output and requests with what a complete, minimal sync must give.
 
@@ -365,6 +380,8 @@ def check(
         connections: How many connections the simulator holds.
         stderr: The run's stderr, quoted when it failed.
         incremental: The run started from the STATE of a complete one, with nothing new.
+        latency: Seconds the simulator was told to wait before each answer (see
+            `_latency_problem`).
     """
     served: dict[tuple[str, str], int] = {}
     made: dict[tuple[str, str], int] = {}
@@ -393,10 +410,32 @@ def check(
             run.problems.append(f"{served_connections} connections served")
     if bad := [e["status"] for e in entries if e["status"] != 200]:
         run.problems.append(f"non-200 responses: {sorted(set(bad))}")
+    if problem := _latency_problem(entries, latency):
+        run.problems.append(problem)
     for where, expected in _expected_requests(run.api, served, incremental=incremental).items():
         if made.get(where, 0) != expected:
             text = " ".join(where).strip()
             run.problems.append(f"{made.get(where, 0)} {text} requests, expected {expected}")
+
+
+def _latency_problem(entries: list[dict[str, t.Any]], latency: float) -> str | None:
+    """Say so if two of a run's requests arrived less than `latency` seconds apart.
+
+    The tap and the baseline send one request at a time, and the simulator logs a request's
+    arrival before waiting `latency` to answer it, so with the latency really added no request
+    can arrive sooner after the one before: this checks that both paid it on every request,
+    without timing anything against a threshold.
+    """
+    if latency <= 0 or len(entries) < 2:
+        return None
+    arrivals = sorted(float(entry["time"]) for entry in entries)
+    gap = min(later - earlier for earlier, later in itertools.pairwise(arrivals))
+    if gap >= latency:
+        return None
+    return (
+        f"requests {gap * 1000:.1f} ms apart, less than the {latency * 1000:g} ms latency: "
+        "the simulator did not add it, or the requests overlapped"
+    )
 
 
 def _expected_requests(
@@ -437,7 +476,13 @@ def _median_ratio(
     return statistics.median(measure(r[top]) / measure(r[bottom]) for r in rounds)
 
 
-def summarise(rounds: list[dict[str, Run]], connections: int, *, incremental: bool = False) -> None:
+def summarise(
+    rounds: list[dict[str, Run]],
+    connections: int,
+    *,
+    incremental: bool = False,
+    latency_ms: float = 0.0,
+) -> None:
     """Print each kind's medians, then the ratios between kinds within the same rounds.
 
     A ratio is the median of the per-round ratios: runs of one round are minutes apart at
@@ -445,7 +490,10 @@ def summarise(rounds: list[dict[str, Run]], connections: int, *, incremental: bo
     """
     kinds = list(rounds[0])
     what = "incremental syncs with nothing new" if incremental else "full syncs"
-    print(f"\n{what}, {connections:,} connections ({len(rounds)} rounds, medians):")
+    print(
+        f"\n{what}, {connections:,} connections, {_latency_label(latency_ms)} "
+        f"({len(rounds)} rounds, medians):"
+    )
     rate_name, per_record_name = ("records", "") if incremental else ("records/s", "CPU us/record")
     print(
         f"  {'':<11} {'wall s':>7} {rate_name:>10} {'CPU s':>7} {per_record_name:>14} "
@@ -464,23 +512,54 @@ def summarise(rounds: list[dict[str, Run]], connections: int, *, incremental: bo
             f"{'' if incremental else f'{per_record:.1f}':>14} "
             f"{max(r.peak_rss_mb for r in runs):12.1f}  {requests_text}"
         )
+    # With nothing new there are (almost) no records: compare whole runs instead.
+    cpu_name = "CPU" if incremental else "CPU per record"
+    if ratios := _ratios(rounds, incremental=incremental):
+        print("ratios (medians of the per-round ratios):")
+        for name, wall, cpu in ratios:
+            print(f"  {name:<26} time {wall:5.2f}  {cpu_name} {cpu:5.2f}")
+
+
+def _ratios(
+    rounds: list[dict[str, Run]], *, incremental: bool = False
+) -> list[tuple[str, float, float]]:
+    """Each pair of kinds present: its name, time ratio and CPU (per record) ratio."""
     pairs = [(f"{api} tap", f"{api} baseline") for api in ("v2", "v3")]
     pairs += [("v3 tap", "v2 tap"), ("v3 baseline", "v2 baseline"), ("v2 tap", "v2 other")]
     if incremental:
         pairs = [("v3 tap", "v2 tap"), ("v2 tap", "v2 other")]
-    # With nothing new there are (almost) no records: compare whole runs instead.
-    cpu_name, cpu = ("CPU", _cpu) if incremental else ("CPU per record", _cpu_per_record)
-    lines = []
-    for top, bottom in pairs:
-        if top in kinds and bottom in kinds:
-            wall = _median_ratio(rounds, top, bottom, _wall)
-            lines.append(
-                f"  {top + ' / ' + bottom:<26} time {wall:5.2f}  "
-                f"{cpu_name} {_median_ratio(rounds, top, bottom, cpu):5.2f}"
-            )
-    if lines:
-        print("ratios (medians of the per-round ratios):")
-        print("\n".join(lines))
+    cpu = _cpu if incremental else _cpu_per_record
+    return [
+        (
+            f"{top} / {bottom}",
+            _median_ratio(rounds, top, bottom, _wall),
+            _median_ratio(rounds, top, bottom, cpu),
+        )
+        for top, bottom in pairs
+        if top in rounds[0] and bottom in rounds[0]
+    ]
+
+
+def side_by_side(rounds: dict[float, list[dict[str, Run]]], *, incremental: bool = False) -> None:
+    """Print every time ratio at each latency in one table.
+
+    On loopback the tap's CPU shows; at a real API's latency the waiting dominates. The
+    columns come from the same rounds on the same machine, so they compare fairly.
+    """
+    table = {
+        ms: {name: wall for name, wall, _ in _ratios(at, incremental=incremental)}
+        for ms, at in rounds.items()
+    }
+    print("\ntime ratios by latency (medians of the per-round ratios):")
+    print(f"  {'':<26}" + "".join(f"{_latency_label(ms, short=True):>10}" for ms in table))
+    for name in next(iter(table.values())):
+        print(f"  {name:<26}" + "".join(f"{column[name]:10.2f}" for column in table.values()))
+
+
+def _latency_label(latency_ms: float, *, short: bool = False) -> str:
+    if latency_ms == 0:
+        return "loopback"
+    return f"{latency_ms:g} ms" if short else f"{latency_ms:g} ms a request"
 
 
 def _rates(runs: list[Run]) -> list[float]:
@@ -786,6 +865,21 @@ def run_resume_scenario(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _latencies(text: str) -> tuple[float, ...]:
+    """Parse `--latency`: milliseconds, one value or several separated by commas."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 <= value < math.inf for value in values):
+        msg = f"expected milliseconds such as 50 or 0,50, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    if len(set(values)) < len(values):
+        msg = f"a latency is given twice in {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return values
+
+
 def _apis(args: argparse.Namespace) -> tuple[str, ...]:
     return ("v2", "v3") if args.api == "both" else (args.api,)
 
@@ -812,15 +906,16 @@ class Rounds:
         if args.compare_tap and "v2" in self.configs:
             self.commands["v2 other"] = [args.compare_tap, "--config", str(self.configs["v2"])]
 
-    def run_one(self, kind: str, command: list[str], *, incremental: bool = False) -> Run:
+    def run_one(
+        self, kind: str, command: list[str], *, incremental: bool = False, latency_ms: float = 0
+    ) -> Run:
         """Run one child on a cleared log, check it and print its line."""
         self.simulator.clear_log()
         log_path = self.workdir / f"{kind.replace(' ', '-')}.stderr"
         run = timed_run(kind, command, log_path, self.args.timeout)
         stderr = log_path.read_text(encoding="utf-8", errors="replace")
-        check(
-            run, self.simulator.log(), self.simulator.connections, stderr, incremental=incremental
-        )
+        entries, connections = self.simulator.log(), self.simulator.connections
+        check(run, entries, connections, stderr, incremental=incremental, latency=latency_ms / 1000)
         self.failed = self.failed or bool(run.problems)
         print(_describe(run, incremental=incremental), flush=True)
         return run
@@ -848,30 +943,52 @@ class Rounds:
         for kind, command in self.commands.items():
             command += ["--state", str(self.workdir / f"{kind.split()[0]}.state.json")]
 
+    def one_round(self, index: int, latency_ms: float) -> dict[str, Run]:
+        """Run each kind once at `latency_ms`, in the order reversed every other round."""
+        print(f"round {index + 1}/{self.args.pairs}, {_latency_label(latency_ms)}", flush=True)
+        self.simulator.set_faults(latency=latency_ms / 1000)
+        incremental = self.args.scenario == "incremental"
+        kinds = list(self.commands)
+        order = kinds if index % 2 == 0 else kinds[::-1]
+        runs = {
+            kind: self.run_one(
+                kind, self.commands[kind], incremental=incremental, latency_ms=latency_ms
+            )
+            for kind in order
+        }
+        return {kind: runs[kind] for kind in kinds}
+
     def run(self) -> int:
-        """Run the rounds, then print the medians and ratios; return 1 if a check failed."""
+        """Run the rounds, then print the medians and ratios; return 1 if a check failed.
+
+        Every round runs each latency in turn (their order, too, reversed every other round),
+        so that the ratios at each latency come from the same stretch of the machine's time.
+        """
         incremental = self.args.scenario == "incremental"
         self.prepare()
-        kinds = list(self.commands)
-        rounds: list[dict[str, Run]] = []
+        latencies: tuple[float, ...] = self.args.latency
+        rounds: dict[float, list[dict[str, Run]]] = {ms: [] for ms in latencies}
         for index in range(self.args.pairs):
-            print(f"round {index + 1}/{self.args.pairs}", flush=True)
-            order = kinds if index % 2 == 0 else kinds[::-1]
-            runs = {
-                kind: self.run_one(kind, self.commands[kind], incremental=incremental)
-                for kind in order
-            }
-            rounds.append({kind: runs[kind] for kind in kinds})
-        if rounds:
-            summarise(rounds, self.simulator.connections, incremental=incremental)
+            for latency_ms in latencies if index % 2 == 0 else latencies[::-1]:
+                rounds[latency_ms].append(self.one_round(index, latency_ms))
+        if self.args.pairs:
+            for latency_ms, at in rounds.items():
+                summarise(
+                    at, self.simulator.connections, incremental=incremental, latency_ms=latency_ms
+                )
+            if len(latencies) > 1:
+                side_by_side(rounds, incremental=incremental)
         if self.failed:
-            print("\nFAILED: a run wrote the wrong records or made the wrong requests", flush=True)
+            print(
+                "\nFAILED: a run wrote the wrong records, made the wrong requests or did not wait "
+                "out the latency",
+                flush=True,
+            )
             return 1
         return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; return 1 if any run wrote the wrong records or requests."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
         "--scenario",
@@ -889,9 +1006,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--connections",
         type=int,
-        help="simulated connections (default 100,000; resume: 30,000 live)",
+        help="simulated connections (default 100,000, or 20,000 with a --latency above 0; "
+        "resume: 30,000 live)",
     )
     parser.add_argument("--pairs", type=int, default=3, help="alternated rounds (of each kind)")
+    parser.add_argument(
+        "--latency",
+        type=_latencies,
+        default=(0.0,),
+        metavar="MS[,MS...]",
+        help="milliseconds the simulator waits before answering each request (default 0); "
+        "a list such as 0,50 runs every latency in each round and compares them",
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per run")
     parser.add_argument(
         "--compare-tap",
@@ -916,13 +1042,22 @@ def main(argv: list[str] | None = None) -> int:
         help="SIGTERM once the simulator logged the pages, or a permanent 500 after them",
     )
     parser.add_argument("--baseline-worker", metavar="CONFIG", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return 1 if any run failed a check (records, requests, latency)."""
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.baseline_worker:
         run_baseline(json.loads(Path(args.baseline_worker).read_text(encoding="utf-8")))
         return 0
     if args.scenario == "resume":
+        if any(args.latency):
+            parser.error("--latency applies to the sync and incremental scenarios")
         return run_resume_scenario(args)
-    args.connections = args.connections or 100_000
+    # At 50 ms a request, 100,000 connections (1,000 pages) would take a minute a run.
+    args.connections = args.connections or (20_000 if any(args.latency) else 100_000)
     print(f"Starting the simulator with {args.connections:,} connections...", flush=True)
     simulator = Simulator(args.connections)
     try:

@@ -19,7 +19,9 @@ class Faults:
     """
 
     latency: float = 0.0
-    """Seconds added to every request."""
+    """Seconds slept before answering each API or token request (admin ones are not delayed),
+    like a real API's round trip. The sleep holds no lock, so concurrent requests wait in
+    parallel, as they would on a real API."""
     rate_limit_every: int = 0
     """Every k-th request is answered 429 with `retry_after`."""
     retry_after: str | None = "1"

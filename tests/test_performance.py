@@ -5,11 +5,13 @@ Speed itself is measured by `scripts/bench.py`, never asserted here.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -401,6 +403,96 @@ def test_the_bench_checks_an_incremental_sync_with_nothing_new(
         assert run.problems == []
     else:
         assert any(problem in text for text in run.problems), run.problems
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "problem"),
+    [([0.0, 0.05, 0.1], None), ([0.0, 0.05, 0.07], "20.0 ms apart")],
+    ids=["latency-paid", "latency-not-paid"],
+)
+def test_the_bench_checks_that_each_request_waited_the_latency(
+    arrivals: list[float], problem: str | None
+) -> None:
+    bench = load_bench()
+    run = bench.Run("v2 tap", 1.0, 0, 150, 50.0, connection_records=150)
+    entries = log_entries("live", [100, 50]) + log_entries("simulated", [0])
+    for entry, arrived in zip(entries, arrivals, strict=True):
+        entry["time"] = arrived
+
+    bench.check(run, entries, 150, "", latency=0.05)
+
+    if problem is None:
+        assert run.problems == []
+    else:
+        assert any(problem in text for text in run.problems), run.problems
+
+
+@pytest.mark.parametrize(
+    ("text", "latencies"),
+    [("0", (0.0,)), ("50", (50.0,)), ("0,50", (0.0, 50.0)), ("2.5,0", (2.5, 0.0))],
+)
+def test_the_bench_reads_one_latency_or_a_list(text: str, latencies: tuple[float, ...]) -> None:
+    assert load_bench()._latencies(text) == latencies
+
+
+@pytest.mark.parametrize("text", ["", "fifty", "-5", "0,,50", "inf", "nan", "50,50"])
+def test_the_bench_refuses_a_wrong_latency(text: str) -> None:
+    bench = load_bench()
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        bench._latencies(text)
+
+
+_RUN_LINE = re.compile(
+    r"  (v[23] (?:tap|baseline)) +([\d.]+) s .* requests (\d+) live \+ (\d+) simulated"
+    r"(?: \(\+ (\d+) other\))?  (.*)"
+)
+
+
+def test_the_bench_compares_tap_and_baseline_at_each_latency_of_one_run() -> None:
+    options = ["--api", "both", "--latency", "0,5", "--connections", "300", "--pairs", "1"]
+    proc = subprocess.run(
+        [sys.executable, "scripts/bench.py", *options],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    blocks = proc.stdout.split("\nround ")
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [block.split("\n", 1)[0] for block in blocks[1:]] == [
+        "1/1, loopback",
+        "1/1, 5 ms a request",
+    ]
+    # Each run at 5 ms: its own check (that no request came sooner than 5 ms after the one
+    # before) passed, and it took at least its requests' latencies.
+    timed = [_RUN_LINE.fullmatch(line) for line in blocks[2].splitlines()[1:5]]
+    assert all(match is not None for match in timed), blocks[2]
+    for match in t.cast("list[re.Match[str]]", timed):
+        requests_made = sum(int(n or 0) for n in match.group(3, 4, 5))
+        assert match[6] == "ok"
+        assert float(match[2]) >= requests_made * 0.005
+    assert "full syncs, 300 connections, loopback (1 rounds, medians):" in proc.stdout
+    assert "full syncs, 300 connections, 5 ms a request (1 rounds, medians):" in proc.stdout
+    table = proc.stdout.split("time ratios by latency (medians of the per-round ratios):\n")[1]
+    header, *rows = table.splitlines()
+    assert header.split() == ["loopback", "5", "ms"]
+    assert [row[:28].strip() for row in rows] == [
+        "v2 tap / v2 baseline",
+        "v3 tap / v3 baseline",
+        "v3 tap / v2 tap",
+        "v3 baseline / v2 baseline",
+    ]
+    assert all(len(row[28:].split()) == 2 for row in rows)
+
+
+def test_the_bench_adds_latency_to_the_sync_scenarios_only() -> None:
+    with pytest.raises(SystemExit) as exited:
+        load_bench().main(["--scenario", "resume", "--latency", "50"])
+
+    assert exited.value.code == 2
 
 
 def test_another_message_writer_gets_its_own_record_lines(config: dict[str, t.Any]) -> None:

@@ -11,11 +11,13 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import typing as t
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -27,6 +29,7 @@ from smartcar_simulator import (
     generate_connections,
     instant,
 )
+from smartcar_simulator import server as server_module
 
 TOKEN = "sim-test-token"
 ERROR_KEYS = {"type", "code", "description", "docURL", "statusCode", "requestId", "resolution"}
@@ -434,6 +437,73 @@ def test_latency(sim: SmartcarSimulator) -> None:
 
     assert get(sim).status_code == 200
     assert time.monotonic() - started >= 0.2
+
+
+def test_latency_delays_every_kind_of_request(sim: SmartcarSimulator) -> None:
+    # The benchmark's --latency must cost the tap and a bare loop the same per request: the
+    # v3 token request and the webhooks and subscriptions lists are delayed like a page.
+    root = sim.api_url.removesuffix("/v2.0")
+    set_faults = requests.put(f"{root}/_admin/faults", json={"latency": 0.2}, timeout=10)
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": sim.client_id,
+        "client_secret": sim.client_secret,
+    }
+    durations: dict[str, float] = {}
+    with requests.Session() as session:
+        started = time.monotonic()
+        token = session.post(sim.v3_token_url, data=form, timeout=10)
+        durations["token"] = time.monotonic() - started
+        session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        for name, url in [
+            ("connections", f"{sim.v3_vehicle_api_url}/connections"),
+            ("webhooks", f"{sim.v3_management_api_url}/webhooks"),
+            ("subscriptions", f"{sim.v3_management_api_url}/subscriptions"),
+            ("v2 page", f"{sim.api_url}/management/connections"),
+        ]:
+            started = time.monotonic()
+            auth = ("default", TOKEN) if name == "v2 page" else None
+            response = session.get(url, auth=auth, timeout=10)
+            durations[name] = time.monotonic() - started
+            assert response.status_code == 200, (name, response.text)
+
+    assert set_faults.json()["latency"] == 0.2
+    assert token.status_code == 200
+    assert all(seconds >= 0.2 for seconds in durations.values()), durations
+
+
+def test_concurrent_requests_wait_out_their_latency_in_parallel(
+    sim: SmartcarSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each request's latency sleep first waits for the other's: were the sleep serialised
+    # (under the simulator's lock, say), the second request could not reach its own and the
+    # barrier would break after 10 s instead of a timing threshold deciding.
+    both_waiting = threading.Barrier(2, timeout=10)
+
+    def sleep(seconds: float) -> None:
+        both_waiting.wait()
+        time.sleep(seconds)
+
+    monkeypatch.setattr(
+        server_module, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep)
+    )
+    sim.faults.latency = 0.2
+    results: dict[int, tuple[int, float]] = {}
+
+    def fetch(index: int) -> None:
+        started = time.monotonic()
+        response = get(sim, limit=index + 1)
+        results[index] = (response.status_code, time.monotonic() - started)
+
+    threads = [threading.Thread(target=fetch, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert not both_waiting.broken
+    assert sorted(results) == [0, 1]
+    assert all(status == 200 and seconds >= 0.2 for status, seconds in results.values()), results
 
 
 def test_rate_limit_every(sim: SmartcarSimulator) -> None:
