@@ -1,5 +1,5 @@
 """Allow `python -m tap_smartcar_connections`."""
 
-from tap_smartcar_connections.tap import main
+from tap_smartcar_connections.cli import main
 
 main()

@@ -1,139 +1,122 @@
-"""What every HTTP exchange with Smartcar must survive, whatever the API version.
+"""One HTTP exchange, hardened: a whole-response deadline and a bounded, self-decoded body.
 
-A whole-response deadline, a bounded and self-decoded body, no redirects, the environment's TLS
-settings (applied by the stream), one-line reasons for network failures, and redaction of every
-secret from every log line.
+What happens on the wire, and nothing else: whether a failure is retried is the failure
+policy's to decide (`policy.py`), and when a request is sent is the requester's.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import logging
-import re
+import datetime
+import http.client
 import socket
-import ssl
 import threading
 import time
-import traceback
 import typing as t
 import zlib
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
-from singer_sdk.exceptions import RetriableAPIError
 from typing_extensions import override
+
+from tap_smartcar_connections.errors import BrokenBody
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
-"""Largest decoded body accepted; a full page is about 15 KB."""
-CONNECT_TIMEOUT_SECONDS = 30.0
-
-
-def printable(value: t.Any, limit: int) -> str:
-    """One line of at most `limit` printable characters from a server's field, or ''.
-
-    Error fields are the server's text: anything but a string is ignored, control characters
-    (a forged second log line) become spaces and length is capped.
-    """
-    if not isinstance(value, str):
-        return ""
-    text = " ".join("".join(c if c.isprintable() else " " for c in value).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-class BrokenBody(RetriableAPIError):
-    """A response whose body is unusable: cut off, too large, or not the documented JSON."""
+"""Largest decoded body accepted; a full v2 page is about 15 KB, a v3 page about 75 KB."""
+CHUNK_BYTES = 65_536
+"""How much of a body is read, and inflated, at a time."""
+CONNECT_TIMEOUT_SECONDS = 15.0
+"""A TCP (and TLS) connection that takes longer is taken to have failed."""
+WATCHDOG_TICK_SECONDS = 0.25
 
 
 class ResponseTimeout(requests.exceptions.ReadTimeout):
-    """The whole response took longer than `request_timeout` (retriable, like any timeout)."""
+    """The whole response took longer than `request_timeout` (a timeout, like any other)."""
 
 
-_SECRETS: set[str] = set()
-_AUTH_VALUE = re.compile(r"\b(Basic|Bearer)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
-REDACTED = "<redacted>"
+class Deadlines:
+    """Cut each thread's request once it is not complete within its deadline.
 
-
-MIN_SECRET_LENGTH = 8
-"""A bare secret shorter than this is not searched for: redacting "t" would garble every line.
-
-Its `default:` and base64 forms are still redacted, and so is any `Basic`/`Bearer` value.
-"""
-
-
-def register_secret(secret: str) -> None:
-    """Have `redact` remove `secret`, its URL-encoded forms and those of a Basic auth header.
-
-    The client secret goes out in a form body: a server or proxy quoting the request back
-    shows it URL-encoded.
+    requests' timeout bounds each socket operation, not the response: headers or a body
+    trickling a byte at a time keep one request alive for hours. A watchdog thread (polling, so
+    a request costs no thread start; it ends when no request is pending) shuts the connection's
+    socket down once the deadline passes, which ends the blocked read with an error. A request
+    may have no socket yet when its deadline passes (still connecting): it is cut as soon as it
+    has one, and `_TrackedPool` refuses to start a new request on it.
     """
-    if secret.strip():
-        basic = f"default:{secret}"
-        _SECRETS.update({basic, base64.b64encode(basic.encode()).decode()})
-        if len(secret) >= MIN_SECRET_LENGTH:
-            _SECRETS.update({secret, quote(secret), quote(secret, safe=""), quote_plus(secret)})
 
+    def __init__(self) -> None:
+        """No request pending, no watchdog running."""
+        self._lock = threading.Lock()
+        self._due: dict[int, float] = {}
+        self._in_flight: dict[int, t.Any] = {}
+        self._expired: set[int] = set()
+        self._watchdog: threading.Thread | None = None
 
-def redact(text: str) -> str:
-    """Remove every registered secret and any `Basic …`/`Bearer …` credential from `text`.
+    @contextlib.contextmanager
+    def watch(self, seconds: float) -> Iterator[t.Callable[[], bool]]:
+        """Cut the calling thread's request if it is not complete within `seconds`.
 
-    A proxy or server that echoes the request's headers would otherwise put the token into an
-    error line or a log message. Registered secrets go first: the `Bearer …` pattern stops at
-    punctuation a token may hold, and would leave its tail for them to miss.
-    """
-    for secret in sorted(_SECRETS, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return _AUTH_VALUE.sub(rf"\1 {REDACTED}", text)
-
-
-def install_log_redaction() -> None:
-    """Redact every log record this process creates, whatever logger or handler it goes to.
-
-    A record factory sees each record once, before any handler or formatter (Meltano's
-    structured one included). A traceback is folded into the message, redacted, because
-    formatters render `exc_info` from the live exception.
-    """
-    previous = logging.getLogRecordFactory()
-    if getattr(previous, "redacting", False):
-        return
-
-    def factory(*args: t.Any, **kwargs: t.Any) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
+        Yields:
+            A function telling whether the deadline cut the request.
+        """
+        thread = threading.get_ident()
+        with self._lock:
+            self._in_flight.pop(thread, None)
+            self._expired.discard(thread)
+            self._due[thread] = time.monotonic() + seconds
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(
+                    target=self._watch, name="request-deadlines", daemon=True
+                )
+                self._watchdog.start()
         try:
-            message = record.getMessage()
-        except Exception:
-            return record
-        folded = bool(record.exc_info and record.exc_info[1] is not None)
-        if folded:
-            message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()  # type: ignore[misc]
-            record.exc_info = None
-        clean = redact(message)
-        if folded or clean != message:
-            record.msg, record.args = clean, ()
-        return record
+            yield lambda: thread in self._expired
+        finally:
+            with self._lock:
+                self._due.pop(thread, None)
 
-    factory.redacting = True  # type: ignore[attr-defined]
-    logging.setLogRecordFactory(factory)
+    def connection_for(self, connection: t.Any) -> None:
+        """Note the connection carrying the calling thread's request, so that it can be cut.
 
+        Raises:
+            urllib3.exceptions.ReadTimeoutError: If the deadline already passed.
+        """
+        thread = threading.get_ident()
+        if thread in self._expired:  # the deadline passed while connecting (e.g. via a proxy)
+            raise urllib3.exceptions.ReadTimeoutError(None, "", "the request deadline passed")  # type: ignore[arg-type]
+        self._in_flight[thread] = connection
 
-_IN_FLIGHT: dict[int, t.Any] = {}
-"""The urllib3 connection each thread is using for its current request."""
+    def _watch(self) -> None:
+        while True:
+            time.sleep(WATCHDOG_TICK_SECONDS)
+            now = time.monotonic()
+            with self._lock:
+                if not self._due:
+                    self._watchdog = None
+                    return
+                due = [thread for thread, when in self._due.items() if when <= now]
+                self._expired.update(due)
+                sockets = [getattr(self._in_flight.get(thread), "sock", None) for thread in due]
+            for sock in sockets:
+                if sock is not None:
+                    with contextlib.suppress(OSError):  # not SSLSocket's: it drops TLS state
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _TrackedPool(urllib3.HTTPConnectionPool):
-    """Records which connection carries the request, so `deadline` can cut it."""
+    """Tells the `Deadlines` which connection carries the request, so that it can be cut."""
+
+    deadlines: Deadlines
 
     @override
     def _make_request(self, conn: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
-        thread = threading.get_ident()
-        if thread in _EXPIRED:  # the deadline passed while connecting (e.g. through a proxy)
-            raise urllib3.exceptions.ReadTimeoutError(self, "", "the request deadline passed")
-        _IN_FLIGHT[thread] = conn
+        self.deadlines.connection_for(conn)
         return super()._make_request(conn, *args, **kwargs)
 
 
@@ -141,152 +124,120 @@ class _TrackedHTTPSPool(_TrackedPool, urllib3.HTTPSConnectionPool):
     """The HTTPS twin of `_TrackedPool`."""
 
 
-_TRACKED_POOLS = {"http": _TrackedPool, "https": _TrackedHTTPSPool}
-
-
 class Transport(HTTPAdapter):
-    """requests' adapter, with connection pools whose in-flight connection can be cut."""
+    """requests' adapter, with connection pools whose in-flight connection its deadlines cut."""
+
+    def __init__(self, deadlines: Deadlines) -> None:
+        """Mount pools that report their connections to `deadlines`."""
+        attributes = {"deadlines": deadlines}
+        self.pool_classes = {
+            "http": type("TrackedPool", (_TrackedPool,), attributes),
+            "https": type("TrackedHTTPSPool", (_TrackedHTTPSPool,), attributes),
+        }
+        super().__init__()
 
     @override
     def init_poolmanager(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _TRACKED_POOLS
+        self.poolmanager.pool_classes_by_scheme = self.pool_classes
 
     @override
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: t.Any) -> urllib3.PoolManager:
         manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if type(manager) is urllib3.ProxyManager:  # SOCKS managers keep their own pools
-            manager.pool_classes_by_scheme = _TRACKED_POOLS
+            manager.pool_classes_by_scheme = self.pool_classes
         return manager
-
-
-_DEADLINES: dict[int, float] = {}
-"""When each thread's current request must be complete (`time.monotonic()`)."""
-_EXPIRED: set[int] = set()
-_WATCHDOG_TICK = 0.25
-_watchdog_lock = threading.Lock()
-_watchdog: threading.Thread | None = None
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[t.Callable[[], bool]]:
-    """Cut the calling thread's request if it is not complete within `seconds`.
-
-    requests' timeout bounds each socket operation, not the response: headers or a body
-    trickling a byte at a time keep one request alive for hours. A watchdog thread (one per
-    process, polling, so a request costs no thread start) shuts the connection's socket down
-    once the deadline passes, which ends the blocked read with an error.
-
-    Yields:
-        A function telling whether the deadline cut the request.
-    """
-    global _watchdog  # noqa: PLW0603
-    with _watchdog_lock:
-        if _watchdog is None:
-            _watchdog = threading.Thread(target=_watch, name="request-deadlines", daemon=True)
-            _watchdog.start()
-    thread = threading.get_ident()
-    _IN_FLIGHT.pop(thread, None)
-    _EXPIRED.discard(thread)
-    _DEADLINES[thread] = time.monotonic() + seconds
-    try:
-        yield lambda: thread in _EXPIRED
-    finally:
-        _DEADLINES.pop(thread, None)
-
-
-def _watch() -> None:
-    """Shut down the socket of every request past its deadline, on every tick until it ends.
-
-    A request may have no socket yet when its deadline passes (still connecting): it is cut as
-    soon as it has one, and `_TrackedPool` refuses to start a new request on it.
-    """
-    while True:
-        time.sleep(_WATCHDOG_TICK)
-        now = time.monotonic()
-        for thread, when in list(_DEADLINES.items()):
-            if when > now or _DEADLINES.get(thread) != when:
-                continue  # not yet, or that request ended and another began
-            _EXPIRED.add(thread)
-            sock = getattr(_IN_FLIGHT.get(thread), "sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):  # not SSLSocket's: it drops TLS state
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def read_body(response: requests.Response) -> bytes:
     """Read a streamed response's body, decoded, refusing more than `MAX_BODY_BYTES`.
 
-    Decoding gzip ourselves with a bounded output is what stops a small compressed body from
-    inflating to gigabytes in memory.
+    Decoding gzip here, `CHUNK_BYTES` at a time with a bound on each output, is what stops a
+    small compressed body from inflating to gigabytes in memory. The tap asks for gzip only.
 
     Raises:
-        BrokenBody: If the body is too large or in an encoding the tap did not ask for.
-        requests.exceptions.ChunkedEncodingError: If the body was cut off.
+        BrokenBody: If the body is too large, corrupt, in an encoding the tap did not ask for,
+            or shorter than its `Content-Length`.
+        requests.exceptions.ReadTimeout: If a read timed out.
+        requests.exceptions.ConnectionError: If the connection was reset mid-body.
     """
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in {"", "identity", "gzip", "x-gzip", "deflate"}:
+    if encoding not in {"", "identity", "gzip", "x-gzip"}:
         response.close()
-        msg = f"{response.status_code} with a body in an unrequested encoding ({encoding[:30]!r})"
-        raise BrokenBody(msg, response)
-    inflate = zlib.decompressobj(wbits=47) if encoding not in {"", "identity"} else None
+        msg = f"a body in an encoding the tap did not ask for ({encoding[:30]!r})"
+        raise BrokenBody(msg)
+    inflate = zlib.decompressobj(wbits=31) if encoding not in {"", "identity"} else None
+    try:
+        return _read_all(response, inflate)
+    except BaseException:
+        response.close()  # a connection left mid-body cannot be reused
+        raise
+
+
+def _read_all(response: requests.Response, inflate: t.Any) -> bytes:
+    """The body of `response`, inflated through `inflate` if given (see `read_body`)."""
     chunks: list[bytes] = []
     size = 0
     try:
-        for raw in response.raw.stream(65536, decode_content=False):
+        for raw in response.raw.stream(CHUNK_BYTES, decode_content=False):
             chunk = raw if inflate is None else inflate.decompress(raw, MAX_BODY_BYTES + 1 - size)
             size += len(chunk)
             if size > MAX_BODY_BYTES:
-                response.close()
-                msg = f"{response.status_code} with a body over {MAX_BODY_BYTES:,} bytes"
-                raise BrokenBody(msg, response)
+                msg = f"a body over {MAX_BODY_BYTES:,} bytes"
+                raise BrokenBody(msg)
             chunks.append(chunk)
         if inflate is not None and not inflate.eof:
-            raise zlib.error("the compressed body ended early")
+            msg = "a gzip body that ends before its end marker"
+            raise BrokenBody(msg)
+    except zlib.error as exc:
+        msg = f"a corrupt gzip body ({exc})"
+        raise BrokenBody(msg) from exc
     except urllib3.exceptions.ReadTimeoutError as exc:
-        response.close()
         raise requests.exceptions.ReadTimeout(type(exc).__name__) from exc
-    except (urllib3.exceptions.HTTPError, OSError, zlib.error) as exc:
-        response.close()
-        msg = f"the response body was cut off or corrupt ({type(exc).__name__})"
-        raise requests.exceptions.ChunkedEncodingError(msg) from exc
+    except urllib3.exceptions.ProtocolError as exc:
+        if not any(isinstance(arg, http.client.IncompleteRead) for arg in exc.args):
+            raise requests.exceptions.ConnectionError(exc) from exc
+        msg = "a body shorter than it said (the connection closed before its end)"
+        raise BrokenBody(msg) from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise requests.exceptions.ConnectionError(exc) from exc
     return b"".join(chunks)
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """`exc` and everything it wraps (causes, contexts, urllib3 reasons, exception args)."""
-    pending, seen = [exc], set()
-    while pending:
-        current = pending.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        wrapped = (current.__cause__, current.__context__, getattr(current, "reason", None))
-        pending += [e for e in (*wrapped, *current.args) if isinstance(e, BaseException)]
+def send(
+    session: requests.Session,
+    request: requests.PreparedRequest,
+    deadlines: Deadlines,
+    timeout: float,
+    environment: dict[str, t.Any],
+) -> requests.Response:
+    """Send `request` and read its body whole within `timeout` seconds, following no redirect.
 
+    The adapter is called directly: the session follows redirects (carrying the credentials to
+    whatever origin a response names) and parses a redirect's `Location` even when told not to
+    follow it, and a malformed one raises. `environment` holds the proxies and CA bundle the
+    session would have merged in (`Session.send` alone skips `REQUESTS_CA_BUNDLE`).
 
-def network_reason(exc: BaseException) -> str:
-    """Say in a few words why a connection failed (never the URL: it holds the query)."""
-    causes = list(_causes(exc))
-    reasons: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
-        (
-            (urllib3.exceptions.NameResolutionError, socket.gaierror),
-            "the host name does not resolve",
-        ),
-        (ssl.SSLCertVerificationError, "its TLS certificate was not accepted"),
-        (ssl.SSLError, "the TLS handshake failed"),
-        (ConnectionRefusedError, "the connection was refused"),
-        # urllib3's NewConnectionError is a ConnectTimeoutError: only the last resort.
-        (urllib3.exceptions.ConnectTimeoutError, "connecting timed out"),
-    ]
-    for kind, reason in reasons:
-        found = next((cause for cause in causes if isinstance(cause, kind)), None)
-        if isinstance(found, ssl.SSLCertVerificationError):
-            return f"{reason} ({printable(found.verify_message, 100)})"
-        if found is not None:
-            return reason
-    return f"the connection failed ({type(exc).__name__})"
+    Raises:
+        ResponseTimeout: If the response was not complete within `timeout`.
+    """
+    began = time.monotonic()
+    with deadlines.watch(timeout) as expired:
+        try:
+            response = session.get_adapter(request.url or "").send(
+                request,
+                stream=True,
+                timeout=(min(CONNECT_TIMEOUT_SECONDS, timeout), timeout),
+                **environment,
+            )
+            response._content = read_body(response)
+            response.elapsed = datetime.timedelta(seconds=time.monotonic() - began)
+        except (requests.exceptions.RequestException, OSError, BrokenBody) as exc:
+            if expired():
+                msg = f"ReadTimeout: no complete response in request_timeout={timeout:g} s"
+                raise ResponseTimeout(msg) from exc
+            raise
+    return response
 
 
 def origin(url: str) -> str:
@@ -298,4 +249,4 @@ def origin(url: str) -> str:
         return "an unusable address"
     if not parts.scheme or not parts.hostname:
         return "an unusable address"
-    return printable(f"{parts.scheme}://{parts.hostname}{port}", 200)
+    return f"{parts.scheme}://{parts.hostname}{port}"

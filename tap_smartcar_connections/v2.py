@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 import typing as t
 
 import msgspec
 import requests
-from singer_sdk.authenticators import BasicAuthenticator
-from singer_sdk.helpers.types import Context
 from typing_extensions import override
 
-from tap_smartcar_connections.client import (
-    ConnectionsStream,
-    Page,
-    _normalize_timestamps,
-)
-from tap_smartcar_connections.transport import BrokenBody, printable
+from tap_smartcar_connections.errors import BrokenBody
+from tap_smartcar_connections.pages import Page, check_ids
+from tap_smartcar_connections.requester import Endpoint
+from tap_smartcar_connections.streams import CONNECTION_SCHEMA, SmartcarStream
+from tap_smartcar_connections.timestamps import normalize_timestamps
+from tap_smartcar_connections.walk import CursorPaging, Paging
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from singer_sdk.helpers.types import Context
 
 ADVICE = {
     400: "check the filters (user_id, vehicle_id, modes) and page_size",
@@ -52,54 +56,62 @@ class _Page(msgspec.Struct):
 
 
 _PAGE_DECODER = msgspec.json.Decoder(_Page)
-_V3_ONLY = dict.fromkeys(
-    ("connectionId", "permissions", "make", "model", "year", "powertrainType", "updatedAt")
-)
-"""The union schema's fields that API v2.0 does not have: null in every v2 record."""
 
 
-def describe_response(response: requests.Response) -> str:
+def describe_response(response: requests.Response, clean: Callable[[t.Any, int], str]) -> str:
     """Summarise an error response from Smartcar's error JSON, never echoing the raw body.
-
-    Args:
-        response: An HTTP response with an error status.
 
     Returns:
         For example `401 AUTHENTICATION: Invalid token (requestId 5d2..., see https://...)`.
     """
-    reason = printable(response.reason, 60) or "error"
+    reason = clean(response.reason, 60) or "error"
     try:
         body = msgspec.json.decode(response.content)
-    except (msgspec.DecodeError, RecursionError, requests.exceptions.RequestException):
+    except (msgspec.DecodeError, RecursionError):
         body = None
     if not isinstance(body, dict):
         return f"{response.status_code} {reason} (the body was not Smartcar's error JSON)"
-    text = f"{response.status_code} {printable(body.get('type'), 40) or reason}"
-    if description := printable(body.get("description"), 300):
+    text = f"{response.status_code} {clean(body.get('type'), 40) or reason}"
+    if description := clean(body.get("description"), 300):
         text += f": {description}"
     details = []
-    if request_id := printable(body.get("requestId"), 80):
+    if request_id := clean(body.get("requestId"), 80):
         details.append(f"requestId {request_id}")
-    if doc_url := printable(body.get("docURL"), 200):
+    if doc_url := clean(body.get("docURL"), 200):
         details.append(f"see {doc_url}")
     return f"{text} ({', '.join(details)})" if details else text
 
 
-class V2ConnectionsStream(ConnectionsStream):
-    """`connections` from API v2.0: HTTP Basic auth, `limit` and opaque `cursor` paging."""
+class V2ConnectionsStream(SmartcarStream):
+    """`connections` from API v2.0: HTTP Basic auth, `limit` and opaque `cursor` paging.
 
+    The schema is the union of both API versions; a v2 record leaves the v3-only fields out
+    (null to a target), so it costs nothing to build or write them.
+    """
+
+    name = "connections"
     path = "/management/connections"
-    ADVICE = ADVICE
+    primary_keys = ("userId", "vehicleId")
+    replication_key = "connectedAt"
+    is_sorted = False
+    schema = CONNECTION_SCHEMA
+    API_VERSION = "v2"
 
     @property
     @override
-    def url_base(self) -> str:
-        return str(self.config["api_url"]).rstrip("/")
+    def endpoint(self) -> Endpoint:
+        return Endpoint("api_url", self.run.settings.api_url, describe_response, ADVICE)
 
-    @property
     @override
-    def authenticator(self) -> BasicAuthenticator:
-        return BasicAuthenticator(username="default", password=self.config["management_token"])
+    def paging(self) -> Paging:
+        return CursorPaging()
+
+    @override
+    def authorize(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        """HTTP Basic `default:<management token>`, as Smartcar documents."""
+        basic = f"default:{self.run.settings.management_token}".encode()
+        request.headers["Authorization"] = f"Basic {base64.b64encode(basic).decode()}"
+        return request
 
     @override
     def get_url_params(
@@ -107,7 +119,7 @@ class V2ConnectionsStream(ConnectionsStream):
     ) -> dict[str, t.Any]:
         context = context or {}
         return {
-            "limit": self.config["page_size"],
+            "limit": self.run.settings.page_size,
             "mode": context["mode"],
             "user_id": context.get("userId"),
             "vehicle_id": context.get("vehicleId"),
@@ -115,42 +127,32 @@ class V2ConnectionsStream(ConnectionsStream):
         }
 
     @override
-    def describe_response(self, response: requests.Response) -> str:
-        return describe_response(response)
-
-    @override
-    def _parse_page(self, response: requests.Response, token: str | None) -> Page:
-        """Decode a page straight into typed records, and prepare its RECORD lines.
-
-        Returns:
-            The page's records and the next page's cursor (None on the last page).
+    def parse_response(self, response: requests.Response) -> Page:
+        """Decode a page straight into typed records.
 
         Raises:
-            BrokenBody: If the body is not the documented JSON.
+            BrokenBody: If the body is not the documented JSON, or has no explicit cursor.
         """
         try:
             page = _PAGE_DECODER.decode(response.content)
             items = page.connections
-            stamps = _normalize_timestamps([item.connected_at for item in items])
+            stamps = normalize_timestamps([item.connected_at for item in items])
         except (msgspec.DecodeError, ValueError, RecursionError) as exc:
-            reason = printable(str(exc), 200)
-            msg = (
-                f"{response.status_code} with a body that is not the expected connections "
-                f"JSON ({reason})"
-            )
-            raise BrokenBody(msg, response) from exc
+            msg = f"a body that is not the expected connections JSON ({exc})"
+            raise BrokenBody(msg) from exc
         cursor = page.paging.cursor if isinstance(page.paging, _Paging) else msgspec.UNSET
         if cursor is msgspec.UNSET or cursor == "":
             # Only an explicit null proves the last page; a proxy or a bug may drop `paging`.
-            msg = f"{response.status_code} with no usable paging.cursor (not even null)"
-            raise BrokenBody(msg, response)
+            msg = "a page with no usable paging.cursor (not even null)"
+            raise BrokenBody(msg)
+        check_ids([item.user_id for item in items], "userId")
+        check_ids([item.vehicle_id for item in items], "vehicleId")
         records = [
             {
                 "userId": item.user_id,
                 "vehicleId": item.vehicle_id,
                 "connectedAt": stamp,
                 "mode": item.mode,
-                **_V3_ONLY,
             }
             for item, stamp in zip(items, stamps, strict=True)
         ]

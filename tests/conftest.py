@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 
 from smartcar_simulator import SmartcarSimulator, generate_connections
-from tap_smartcar_connections.client import ConnectionsStream
+from tap_smartcar_connections.policy import Clock
+from tap_smartcar_connections.streams import SmartcarStream
 from tap_smartcar_connections.tap import TapSmartcarConnections
+
+from .clock import VirtualClock
 
 TOKEN = "sk-test-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +34,8 @@ class Run:
     error: BaseException | None = None
     stderr: str = ""
     exit_code: int = 0
+    sleeps: list[float] = field(default_factory=list)
+    """Every wait of the run (retries, pacing), in seconds, when it ran on a `VirtualClock`."""
     records: list[dict[str, t.Any]] = field(init=False)
     states: list[dict[str, t.Any]] = field(init=False)
 
@@ -85,6 +90,12 @@ def comparable(messages: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
     return result
 
 
+@pytest.fixture(autouse=True)
+def virtual_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tap a test makes in this process waits on a `VirtualClock` (see `RealTimeTap`)."""
+    monkeypatch.setattr(TapSmartcarConnections, "clock_class", VirtualClock)
+
+
 @pytest.fixture
 def state_every(monkeypatch: pytest.MonkeyPatch) -> t.Callable[[int], None]:
     """Lower the SDK's STATE interval for in-process runs (it writes STATE every 10,000 records).
@@ -94,8 +105,8 @@ def state_every(monkeypatch: pytest.MonkeyPatch) -> t.Callable[[int], None]:
     """
 
     def lower(records: int) -> None:
-        assert ConnectionsStream.STATE_MSG_FREQUENCY == 10_000  # the SDK's, as documented
-        monkeypatch.setattr(ConnectionsStream, "STATE_MSG_FREQUENCY", records)
+        assert SmartcarStream.STATE_MSG_FREQUENCY == 10_000  # the SDK's, as documented
+        monkeypatch.setattr(SmartcarStream, "STATE_MSG_FREQUENCY", records)
 
     return lower
 
@@ -118,8 +129,11 @@ def sync(
     catalog: dict[str, t.Any] | None = None,
     *,
     expect_error: type[BaseException] | None = None,
+    real_time: bool = False,
 ) -> Run:
     """Run the tap in this process through the SDK's `sync_all`, capturing its messages.
+
+    Its waits are skipped and recorded (`VirtualClock`, `Run.sleeps`), unless `real_time`.
 
     The tap's exception propagates unless `expect_error` names its type: then the Run comes
     back with `.error` set and the messages written before the failure, and the test fails if
@@ -130,10 +144,12 @@ def sync(
     buffer = io.BytesIO()
     out = io.TextIOWrapper(buffer, encoding="utf-8")
     error: BaseException | None = None
+    kind = RealTimeTap if real_time else TapSmartcarConnections
+    tap: TapSmartcarConnections | None = None
     with contextlib.redirect_stdout(out):
         try:
             # A copy: the SDK updates the state it loads, which would rewrite `state`'s Run.
-            tap = TapSmartcarConnections(config=config, state=copy.deepcopy(state), catalog=catalog)
+            tap = kind(config=config, state=copy.deepcopy(state), catalog=catalog)
             tap.sync_all()
         except Exception as exc:
             if expect_error is None or not isinstance(exc, expect_error):
@@ -143,14 +159,30 @@ def sync(
             out.flush()
     if expect_error is not None and error is None:
         pytest.fail(f"the run succeeded; expected {expect_error.__name__}")
-    return Run([json.loads(line) for line in buffer.getvalue().splitlines()], error=error)
+    messages = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    sleeps = getattr(tap.run.clock, "sleeps", []) if tap is not None else []
+    return Run(messages, error=error, sleeps=sleeps)
+
+
+class RealTimeTap(TapSmartcarConnections):
+    """The tap as it runs outside the tests: its waits take their time."""
+
+    clock_class = Clock
 
 
 LAUNCHER = """\
 import sys
-from tap_smartcar_connections.client import ConnectionsStream
-ConnectionsStream.STATE_MSG_FREQUENCY = int(sys.argv.pop(1))
-from tap_smartcar_connections.tap import main
+from pathlib import Path
+from tests.clock import VirtualClock
+from tap_smartcar_connections.streams import SmartcarStream
+from tap_smartcar_connections.tap import TapSmartcarConnections
+every, sleeps = sys.argv.pop(1), sys.argv.pop(1)
+if every:
+    SmartcarStream.STATE_MSG_FREQUENCY = int(every)
+if sleeps:
+    VirtualClock.log = Path(sleeps)
+    TapSmartcarConnections.clock_class = VirtualClock
+from tap_smartcar_connections.cli import main
 sys.argv[0] = "tap-smartcar-connections"
 main()
 """
@@ -164,17 +196,23 @@ def run_cli(
     env: dict[str, str] | None = None,
     timeout: float = 120,
     state_every: int | None = None,
+    real_time: bool = False,
 ) -> Run:
-    """Run the real console script with a config file (and state file), like Meltano does.
+    """Run the tap's command line with a config file (and state file), like Meltano does.
 
-    `state_every` runs the same `main` with the SDK's STATE interval (every 10,000 records)
-    lowered, so that a short run emits STATE mid-walk as a long one does.
+    It runs the same `main` as the console script, its waits skipped and recorded
+    (`VirtualClock`, `Run.sleeps`); with `real_time`, the console script itself.
+    `state_every` lowers the SDK's STATE interval (every 10,000 records), so that a short run
+    emits STATE mid-walk as a long one does.
     """
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(config))
+    sleeps = tmp_path / "sleeps.txt"
+    sleeps.unlink(missing_ok=True)
     command = [str(Path(sys.executable).with_name("tap-smartcar-connections"))]
-    if state_every is not None:
-        command = [sys.executable, "-c", LAUNCHER, str(state_every)]
+    if state_every is not None or not real_time:
+        every = "" if state_every is None else str(state_every)
+        command = [sys.executable, "-c", LAUNCHER, every, "" if real_time else str(sleeps)]
     command += ["--config", str(config_file), *args]
     if state is not None:
         state_file = tmp_path / "state.json"
@@ -185,8 +223,9 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         check=False,
     )
     messages = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    return Run(messages, stderr=proc.stderr, exit_code=proc.returncode)
+    waited = [float(line) for line in sleeps.read_text().split()] if sleeps.exists() else []
+    return Run(messages, stderr=proc.stderr, exit_code=proc.returncode, sleeps=waited)

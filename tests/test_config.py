@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from smartcar_simulator import SmartcarSimulator
-from tap_smartcar_connections.client import ConnectionsStream
-from tap_smartcar_connections.tap import ConfigError, TapSmartcarConnections
+from tap_smartcar_connections.errors import ConfigError
+from tap_smartcar_connections.tap import TapSmartcarConnections
+from tap_smartcar_connections.v2 import V2ConnectionsStream
 
 from .conftest import TOKEN, run_cli
 
@@ -74,6 +75,6 @@ def test_valid_config_with_defaults(config: dict[str, t.Any]) -> None:
     tap = TapSmartcarConnections(config={"management_token": TOKEN})
 
     stream = tap.streams["connections"]
-    assert isinstance(stream, ConnectionsStream)
+    assert isinstance(stream, V2ConnectionsStream)
     assert stream.url_base == "https://management.smartcar.com/v2.0"
     assert stream.partitions == [{"mode": "live"}, {"mode": "simulated"}]

@@ -10,12 +10,9 @@ import jsonschema
 import pytest
 
 from smartcar_simulator import SmartcarSimulator
-from tap_smartcar_connections.client import (
-    ConnectionsStream,
-    SmartcarAPIError,
-    _normalize_timestamps,
-    normalize_timestamp,
-)
+from tap_smartcar_connections.errors import ApiError
+from tap_smartcar_connections.timestamps import normalize_timestamp, normalize_timestamps
+from tap_smartcar_connections.v2 import V2ConnectionsStream
 
 from .conftest import Run, bookmarks, sync
 
@@ -79,9 +76,10 @@ def test_records_are_normalised_and_match_the_schema(
     schema = next(m for m in run.messages if m["type"] == "SCHEMA")
     assert schema["key_properties"] == ["userId", "vehicleId"]
     assert schema["bookmark_properties"] == ["connectedAt"]
-    assert all(set(r) == set(schema["schema"]["properties"]) for r in run.records)
-    v3_only = {"connectionId", "permissions", "make", "model", "year", "powertrainType"}
-    assert all(r[name] is None for r in run.records for name in [*v3_only, "updatedAt"])
+    # The schema is both versions'; a v2 record leaves out the v3-only fields (null to a target).
+    v2_fields = {"userId", "vehicleId", "connectedAt", "mode"}
+    assert v2_fields < set(schema["schema"]["properties"])
+    assert all(set(r) == v2_fields for r in run.records)
     assert all(re.match(NORMALISED, r["connectedAt"]) for r in run.records)
 
 
@@ -259,13 +257,13 @@ def test_well_formed_but_impossible_timestamps_are_refused(value: str) -> None:
     with pytest.raises(ValueError, match="is not an ISO 8601 date-time"):
         normalize_timestamp(value)
     with pytest.raises(ValueError, match="is not an ISO 8601 date-time"):
-        _normalize_timestamps(["2026-03-01T10:00:00Z", value])
+        normalize_timestamps(["2026-03-01T10:00:00Z", value])
 
 
 def test_a_mode_smartcar_adds_later_still_matches_the_schema() -> None:
     record = {"userId": "a", "vehicleId": "1", "connectedAt": "2026-03-01T10:00:00.000000Z"}
 
-    jsonschema.validate({**record, "mode": "sandbox"}, ConnectionsStream.schema)
+    jsonschema.validate({**record, "mode": "sandbox"}, V2ConnectionsStream.schema)
 
 
 def partition(state: dict[str, t.Any], mode: str) -> dict[str, t.Any]:
@@ -295,7 +293,7 @@ def test_a_mode_failing_mid_walk_emits_no_bookmark_for_it(
     settings = {**config, "page_size": 10, "max_retry_seconds": 0}
     simulator.faults.fail_after_page = 3
 
-    failed = sync(settings, expect_error=SmartcarAPIError)
+    failed = sync(settings, expect_error=ApiError)
 
     assert "500" in str(failed.error)
     assert failed.pairs() == [
@@ -327,7 +325,7 @@ def test_a_mode_failing_mid_walk_keeps_its_old_bookmark_and_a_rerun_loses_nothin
     state_every(5)
     simulator.faults.fail_after_page = 2
 
-    failed = sync(settings, state=first.state, expect_error=SmartcarAPIError)
+    failed = sync(settings, state=first.state, expect_error=ApiError)
 
     assert set(failed.pairs()) == keys(added[20:])  # the two newest pages
     assert states_before_last_record(failed) >= 1
@@ -349,7 +347,7 @@ def test_a_failure_in_a_later_mode_keeps_the_finished_modes_bookmark(
     live_pages = math.ceil(len(simulator.connections("live")) / 10)
     simulator.faults.fail_after_page = live_pages + 2
 
-    failed = sync(settings, expect_error=SmartcarAPIError)
+    failed = sync(settings, expect_error=ApiError)
 
     simulated = [r for r in failed.records if r["mode"] == "simulated"]
     assert len(simulated) == 20

@@ -8,7 +8,7 @@ import math
 import typing as t
 
 from smartcar_simulator import SmartcarSimulator
-from tap_smartcar_connections.client import SmartcarAPIError
+from tap_smartcar_connections.errors import ApiError
 
 from .conftest import ROOT, Run, bookmarks, sync
 
@@ -73,7 +73,7 @@ def test_a_failed_full_refresh_sends_no_activate_version(
     }
     simulator.faults.fail_after_page = 9  # live needs 7 pages: fails in the last mode
 
-    run = sync(settings, catalog=full_table_catalog(), expect_error=SmartcarAPIError)
+    run = sync(settings, catalog=full_table_catalog(), expect_error=ApiError)
 
     assert "500" in str(run.error)
     assert len(run.records) == len(simulator.connections("live")) + 2 * 20

@@ -29,7 +29,7 @@ from smartcar_simulator import (
     SmartcarSimulator,
     generate_connections,
 )
-from tap_smartcar_connections.client import normalize_timestamp
+from tap_smartcar_connections.timestamps import normalize_timestamp
 
 from .conftest import ROOT, TOKEN
 from .postgres import PASSWORD, Postgres, postgres  # noqa: F401  (the session fixture)

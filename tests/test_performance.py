@@ -29,12 +29,9 @@ from singer_sdk.singerlib.encoding import SimpleSingerWriter
 from singer_sdk.streams.core import Stream
 
 from smartcar_simulator import SmartcarSimulator, generate_connections
-from tap_smartcar_connections.client import (
-    ConnectionsStream,
-    _normalize_timestamps,
-    normalize_timestamp,
-)
+from tap_smartcar_connections.streams import SmartcarStream
 from tap_smartcar_connections.tap import TapSmartcarConnections
+from tap_smartcar_connections.timestamps import normalize_timestamp, normalize_timestamps
 
 from .conftest import ROOT, TOKEN, comparable
 
@@ -112,7 +109,7 @@ def test_output_matches_the_sdk_reference_path(
 
     fast = run_tap(settings, catalog())
     simulator.clear_log()
-    monkeypatch.setattr(ConnectionsStream, "TYPE_CONFORMANCE_LEVEL", TypeConformanceLevel.RECURSIVE)
+    monkeypatch.setattr(SmartcarStream, "TYPE_CONFORMANCE_LEVEL", TypeConformanceLevel.RECURSIVE)
     reference = run_tap(settings, catalog(), reference=True)
 
     assert_valid_singer(fast)
@@ -128,12 +125,12 @@ def test_state_written_mid_page_follows_the_records_it_covers(
     config: dict[str, t.Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(ConnectionsStream, "STATE_MSG_FREQUENCY", 7)
+    monkeypatch.setattr(SmartcarStream, "STATE_MSG_FREQUENCY", 7)
     settings = {**config, "page_size": 30}
 
     fast = run_tap(settings)
     simulator.clear_log()
-    monkeypatch.setattr(ConnectionsStream, "TYPE_CONFORMANCE_LEVEL", TypeConformanceLevel.RECURSIVE)
+    monkeypatch.setattr(SmartcarStream, "TYPE_CONFORMANCE_LEVEL", TypeConformanceLevel.RECURSIVE)
     reference = run_tap(settings, reference=True)
 
     types = [m["type"] for m in fast]
@@ -166,11 +163,11 @@ def test_page_timestamps_normalise_like_one_at_a_time() -> None:
     page = [c["connectedAt"] for c in generate_connections(300, seed=5)]
     mixed = [*page[:3], "2026-03-01T12:00:00.5+02:00", "2026-03-01"]
 
-    assert _normalize_timestamps(page) == [normalize_timestamp(v) for v in page]
-    assert _normalize_timestamps(mixed) == [normalize_timestamp(v) for v in mixed]
-    assert _normalize_timestamps([]) == []
+    assert normalize_timestamps(page) == [normalize_timestamp(v) for v in page]
+    assert normalize_timestamps(mixed) == [normalize_timestamp(v) for v in mixed]
+    assert normalize_timestamps([]) == []
     with pytest.raises(ValueError, match="ISO 8601"):
-        _normalize_timestamps([f"{page[0]}\n{page[1]}", page[2]])
+        normalize_timestamps([f"{page[0]}\n{page[1]}", page[2]])
 
 
 @pytest.mark.parametrize(

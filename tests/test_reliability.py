@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from smartcar_simulator import SmartcarSimulator
-from tap_smartcar_connections.client import SmartcarAPIError
+from tap_smartcar_connections.errors import ApiError
 
 from .conftest import LAUNCHER, TOKEN, Run, bookmarks, comparable, run_cli, sync
 
@@ -40,38 +39,50 @@ def test_429_waits_exactly_retry_after_and_warns_once_per_wait(
     tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any]
 ) -> None:
     simulator.faults.rate_limit_every = 3
-    simulator.faults.retry_after = "1"
+    simulator.faults.retry_after = "7"  # clearly above the 1 s floor and the first backoffs
 
     run = run_cli(tmp_path, {**config, "modes": ["live"], "page_size": 25})
 
     assert run.exit_code == 0, run.stderr
     assert set(run.pairs()) == everything(simulator, "live")
-    log = simulator.requests
-    limited = [i for i, r in enumerate(log) if r.status == 429]
+    limited = [r for r in simulator.requests if r.status == 429]
     assert limited
-    for i in limited:
-        gap = log[i + 1].time - log[i].time
-        assert 1.0 <= gap < 1.8
+    assert run.sleeps == [7.0] * len(limited)
     lines = warnings(run)
     assert len(lines) == len(limited)
     assert all("429 RATE_LIMIT" in line and "requestId" in line for line in lines)
-    assert all("retrying in 1.0 s" in line for line in lines)
+    assert all("retrying in 7.0 s" in line for line in lines)
     assert all("the rate limit's bucket makes the tap wait" in line for line in lines)
     assert '"statusCode"' not in run.stderr
+
+
+def test_a_retry_after_is_waited_in_real_time(
+    tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    # End to end on the real clock: the wait the policy asks for really passes.
+    simulator.faults.rate_limit_every = 2
+    simulator.faults.retry_after = "2"
+
+    run = run_cli(tmp_path, {**config, "modes": ["live"]}, real_time=True)
+
+    assert run.exit_code == 0, run.stderr
+    log = simulator.requests
+    assert log[1].status == 429
+    assert 2.0 <= log[2].time - log[1].time < 3.5
 
 
 def test_retry_after_as_an_http_date_is_honoured(
     simulator: SmartcarSimulator, config: dict[str, t.Any]
 ) -> None:
     simulator.faults.rate_limit_every = 2
-    simulator.faults.retry_after = formatdate(time.time() + 3, usegmt=True)
+    simulator.faults.retry_after = formatdate(time.time() + 30, usegmt=True)
 
     run = sync({**config, "modes": ["live"], "page_size": 100})
 
     assert run.error is None
-    log = simulator.requests
-    assert log[1].status == 429
-    assert 1.0 <= log[2].time - log[1].time <= 3.5
+    assert simulator.requests[1].status == 429
+    (waited,) = run.sleeps
+    assert 28.0 <= waited <= 30.0  # the date has whole seconds
 
 
 def test_server_errors_truncated_bodies_and_resets_are_retried(
@@ -149,7 +160,7 @@ def test_an_in_process_failure_emits_what_the_command_line_emits(
     simulator.clear_log()
     state_every(5)
 
-    in_process = sync(settings, state=first.state, expect_error=SmartcarAPIError)
+    in_process = sync(settings, state=first.state, expect_error=ApiError)
     simulator.clear_log()
     cli = run_cli(tmp_path, settings, state=first.state, state_every=5)
 
@@ -170,7 +181,7 @@ def test_a_retry_after_beyond_the_budget_fails_at_once(
     simulator.faults.retry_after = "120"
     started = time.monotonic()
 
-    run = sync({**config, "max_retry_seconds": 10}, expect_error=SmartcarAPIError)
+    run = sync({**config, "max_retry_seconds": 10}, expect_error=ApiError)
 
     assert time.monotonic() - started < 5
     assert "429 RATE_LIMIT" in str(run.error)
@@ -181,14 +192,13 @@ def test_a_retry_after_beyond_the_budget_fails_at_once(
 def test_timeouts_are_retried(simulator: SmartcarSimulator, config: dict[str, t.Any]) -> None:
     simulator.faults.latency = 1.5
 
-    run = sync(
-        {**config, "request_timeout": 1, "max_retry_seconds": 3}, expect_error=SmartcarAPIError
-    )
+    run = sync({**config, "request_timeout": 1, "max_retry_seconds": 3}, expect_error=ApiError)
 
     assert "after 2 attempts" in str(run.error)
     assert run.records == []
     assert run.states == []
     assert "ReadTimeout" in str(run.error)
+    assert len(run.sleeps) == 1
 
 
 @pytest.mark.parametrize(
@@ -272,11 +282,11 @@ def test_max_requests_per_minute_paces_requests(
     run = sync({**config, "modes": ["live"], "page_size": 40, "max_requests_per_minute": 240})
 
     assert run.error is None
-    times = [r.time for r in simulator.requests]
-    assert len(times) >= 3
-    # 0.25 s apart when sent; arrival adds jitter (the first request also connects), while
-    # unpaced requests arrive milliseconds apart.
-    assert all(b - a >= 0.2 for a, b in itertools.pairwise(times))
+    requests = len(simulator.requests)
+    assert requests >= 3
+    # 0.25 s apart: each wait is what is left of the gap after the last request's own time.
+    assert len(run.sleeps) == requests - 1
+    assert all(0.2 < waited <= 0.25 for waited in run.sleeps)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -288,7 +298,7 @@ def test_a_signal_stops_the_run_non_zero_with_resumable_state(
     (tmp_path / "config.json").write_text(json.dumps(settings))
     live = len(simulator.connections("live"))
     proc = subprocess.Popen(  # the CLI's `main`, with STATE every 5 records (see run_cli)
-        [sys.executable, "-c", LAUNCHER, "5", "--config", str(tmp_path / "config.json")],
+        [sys.executable, "-c", LAUNCHER, "5", "", "--config", str(tmp_path / "config.json")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from smartcar_simulator import SmartcarSimulator, generate_connections
-from tap_smartcar_connections import client
-from tap_smartcar_connections.client import SmartcarAPIError, normalize_timestamp
+from tap_smartcar_connections import walk
+from tap_smartcar_connections.errors import ApiError
+from tap_smartcar_connections.timestamps import normalize_timestamp
 
 from .conftest import TOKEN, Run, bookmarks, live_state, run_cli, sync
 
@@ -84,7 +85,7 @@ def test_a_walk_interrupted_at_page_p_resumes_there_and_loses_nothing(
     big.clear_log()
     big.faults.fail_after_page = p
 
-    failed = sync(settings(big), state=first.state, expect_error=SmartcarAPIError)
+    failed = sync(settings(big), state=first.state, expect_error=ApiError)
 
     assert len(failed.records) == p * PAGE
     checkpoint = live(failed.state)["checkpoint"]
@@ -115,7 +116,7 @@ def test_without_the_checkpoint_the_rerun_starts_over(big: SmartcarSimulator) ->
     big.add(*added(200, "b"))
     big.clear_log()
     big.faults.fail_after_page = 12
-    failed = sync(settings(big), state=first.state, expect_error=SmartcarAPIError)
+    failed = sync(settings(big), state=first.state, expect_error=ApiError)
     state = json.loads(json.dumps(failed.state))
     del live(state)["checkpoint"]
     big.faults.fail_after_page = None
@@ -156,7 +157,7 @@ def test_a_sigterm_mid_walk_resumes_from_the_last_page_written(
 def interrupted(big: SmartcarSimulator) -> Run:
     """A first walk of the 200 connections that fails at page 5."""
     big.faults.fail_after_page = 5
-    failed = sync(settings(big), expect_error=SmartcarAPIError)
+    failed = sync(settings(big), expect_error=ApiError)
     big.faults.fail_after_page = None
     big.clear_log()
     return failed
@@ -173,7 +174,7 @@ def test_a_cursor_the_api_no_longer_accepts_restarts_the_mode(
 
     warned = [r.getMessage() for r in caplog.records if "checkpoint" in r.getMessage()]
     assert len(warned) == 1
-    assert "refused its cursor" in warned[0]
+    assert "refused its page token" in warned[0]
     assert "from the top" in warned[0]
     assert set(rerun.pairs()) == pairs_of(big.connections("live"))
     statuses = [r.status for r in big.requests]
@@ -264,7 +265,7 @@ def test_progress_is_logged_per_mode_with_pace_and_estimate(
 ) -> None:
     first = sync(settings(big))
     big.add(*added(100, "b"))
-    monkeypatch.setattr(client, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(walk, "PROGRESS_SECONDS", 0.0)
 
     with caplog.at_level(logging.INFO):
         sync(settings(big), state=first.state)
@@ -324,7 +325,7 @@ def test_a_stale_checkpoint_with_a_bookmark_reads_from_the_top_only_down_to_it(
     big.add(*more)
     big.clear_log()
     big.faults.fail_after_page = 1
-    failed = sync(settings(big), state=first.state, expect_error=SmartcarAPIError)
+    failed = sync(settings(big), state=first.state, expect_error=ApiError)
     big.faults.fail_after_page = None
     big.rotate_cursor_secret()
     big.clear_log()

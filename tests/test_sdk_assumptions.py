@@ -15,8 +15,9 @@ from singer_sdk.streams import RESTStream
 from singer_sdk.streams.core import Stream
 
 from smartcar_simulator import SmartcarSimulator
-from tap_smartcar_connections import client
-from tap_smartcar_connections.client import ConnectionsStream, normalize_timestamp
+from tap_smartcar_connections import streams
+from tap_smartcar_connections.timestamps import normalize_timestamp
+from tap_smartcar_connections.v2 import V2ConnectionsStream
 
 from .conftest import bookmarks, comparable, sync
 from .test_hostile import certificate  # noqa: F401  (the module fixture)
@@ -26,7 +27,7 @@ from .test_performance import run_tap
 def test_the_sdk_alone_lets_a_future_connection_become_a_partition_bookmark(
     simulator: SmartcarSimulator, config: dict[str, t.Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Workaround: ConnectionsStream._increment_stream_state skips values after the run's start,
+    # Workaround: V2ConnectionsStream._increment_stream_state skips values after the run's start,
     # because the SDK writes its signpost at stream level while bookmarks live in partitions.
     simulator.add(
         {"userId": "u", "vehicleId": "v", "connectedAt": "2999-01-01T00:00:00Z", "mode": "live"}
@@ -35,7 +36,7 @@ def test_the_sdk_alone_lets_a_future_connection_become_a_partition_bookmark(
 
     ours = sync(settings)
     monkeypatch.setattr(
-        ConnectionsStream, "_increment_stream_state", Stream._increment_stream_state
+        V2ConnectionsStream, "_increment_stream_state", Stream._increment_stream_state
     )
     sdk = sync(settings)
 
@@ -47,7 +48,7 @@ def test_the_sdk_request_ignores_the_environment_ca_bundle(
     certificate: tuple[object, object],  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Workaround: ConnectionsStream._request merges the environment's settings itself.
+    # Workaround: the requester merges the environment's settings itself (Requester._environment).
     import ssl  # noqa: PLC0415
 
     from .conftest import TOKEN  # noqa: PLC0415
@@ -65,14 +66,14 @@ def test_the_sdk_request_ignores_the_environment_ca_bundle(
         from tap_smartcar_connections.tap import TapSmartcarConnections  # noqa: PLC0415
 
         tap = TapSmartcarConnections(config={"management_token": TOKEN, "api_url": api_url})
-        stream = t.cast("ConnectionsStream", tap.streams["connections"])
+        stream = t.cast("V2ConnectionsStream", tap.streams["connections"])
         prepared = stream.build_prepared_request(
             method="GET", url=f"{api_url}/management/connections", params={"mode": "live"}
         )
 
         with pytest.raises(requests.exceptions.SSLError):
             RESTStream._request(stream, prepared, None)
-        assert stream._request(prepared, None).status_code == 200
+        assert stream.send(prepared).status_code == 200
 
 
 def test_the_fast_path_steps_aside_for_an_sdk_release_it_was_not_checked_against(
@@ -83,19 +84,20 @@ def test_the_fast_path_steps_aside_for_an_sdk_release_it_was_not_checked_against
 ) -> None:
     settings = {**config, "page_size": 50}
     fast = run_tap(settings)
-    monkeypatch.setattr(client, "_SDK_VERSION", "99.0.0")
+    monkeypatch.setattr(streams, "SDK_VERSION", "99.0.0")
     written: list[object] = []
-    original = ConnectionsStream._write_record_message
+    original = V2ConnectionsStream._write_record_message
 
-    def spy(self: ConnectionsStream, record: dict[str, t.Any]) -> None:
+    def spy(self: V2ConnectionsStream, record: dict[str, t.Any]) -> None:
         written.append(self._record_affixes)
         original(self, record)
 
-    monkeypatch.setattr(ConnectionsStream, "_write_record_message", spy)
+    monkeypatch.setattr(V2ConnectionsStream, "_write_record_message", spy)
     with caplog.at_level(logging.DEBUG):
         other = run_tap({**settings, "loglevel": "DEBUG"})
 
     assert comparable(fast) == comparable(other)
     assert len(written) == 250
     assert set(written) == {None}
-    assert any("singer-sdk 99.0.0" in r.getMessage() for r in caplog.records)
+    warned = [r for r in caplog.records if "singer-sdk 99.0.0" in r.getMessage()]
+    assert [r.levelname for r in warned] == ["WARNING"]  # never off silently

@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 import typing as t
+import warnings
 
+import pytest
 from singer_sdk.testing import get_tap_test_class
 
 from smartcar_simulator import SmartcarSimulator, generate_connections
-from tap_smartcar_connections.client import ConnectionsStream
 from tap_smartcar_connections.tap import TapSmartcarConnections
+from tap_smartcar_connections.v2 import V2ConnectionsStream
 
 from .conftest import ROOT, TOKEN, bookmarks, sync
 
@@ -30,8 +32,8 @@ CONFIG_V3 = {
     "page_size": 25,
 }
 V2_FIELDS = {"userId", "vehicleId", "connectedAt", "mode"}
-V3_ONLY = sorted(set(ConnectionsStream.schema["properties"]) - V2_FIELDS)
-"""Fields that API v2 has no source for: always null under v2 (`test_v2_leaves_...` checks it)."""
+V3_ONLY = sorted(set(V2ConnectionsStream.schema["properties"]) - V2_FIELDS)
+"""Fields that API v2 has no source for: left out of v2 records (`test_v2_leaves_...` checks)."""
 
 # Not parse_env_config (the SDK's default): an exported TAP_SMARTCAR_CONNECTIONS_API_URL would
 # send these tests to the real API, and an exported token would replace the simulator's.
@@ -54,6 +56,23 @@ TestTapSmartcarConnectionsV3 = get_tap_test_class(
 )
 
 
+@pytest.fixture(autouse=True)
+def _v2_records_leave_out_the_v3_only_fields(request: pytest.FixtureRequest) -> None:
+    """The SDK warns that a v2 record lacks fields of the schema: only those are ignored.
+
+    The v3-only fields are left out of v2 records on purpose (null to a target, and free to
+    build and write); any other missing field still fails the test.
+    """
+    if request.cls is TestTapSmartcarConnections:
+        fields = "|".join(V3_ONLY)
+        missing = rf"\(\{{('({fields})'(, )?)+\}}\)$"
+        warnings.filterwarnings(
+            "ignore",
+            message=f"Fields in transformed catalog but not in records: {missing}",
+            category=UserWarning,
+        )
+
+
 def test_the_v2_suite_leaves_out_only_the_v3_only_fields() -> None:
     v2 = {p.id for params in TestTapSmartcarConnections.params.values() for p in params}
     v3 = {p.id for params in TestTapSmartcarConnectionsV3.params.values() for p in params}
@@ -69,12 +88,12 @@ def test_the_v2_suite_leaves_out_only_the_v3_only_fields() -> None:
     assert {"connections", "webhooks", "subscriptions"} == {i for i in v3 if "." not in i}
 
 
-def test_v2_leaves_the_v3_only_fields_null_and_v3_fills_them() -> None:
+def test_v2_leaves_the_v3_only_fields_out_and_v3_fills_them() -> None:
     v2 = sync(CONFIG)
     v3 = sync({**CONFIG_V3, "modes": ["live", "simulated"]})
 
     assert v2.records
-    assert all(r[field] is None for r in v2.records for field in V3_ONLY)
+    assert all(set(r) == V2_FIELDS for r in v2.records)
     connections = [
         m["record"] for m in v3.messages if m["type"] == "RECORD" and m["stream"] == "connections"
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from smartcar_simulator import SmartcarSimulator, generate_connections, generate_webhooks
-from tap_smartcar_connections.client import SmartcarAPIError
+from tap_smartcar_connections.errors import ApiError
 
 from .conftest import TOKEN, run_cli
 from .test_v3 import PAGE, SECRET, expected, keys, on_page, partition, run, v3
@@ -31,7 +31,7 @@ def test_a_shift_before_an_interruption_is_not_forgotten_by_the_resume() -> None
         eleventh = (served[PAGE]["userId"], served[PAGE]["vehicleId"])
         on_page(big, 2, lambda: big.remove(served[0]["userId"], served[0]["vehicleId"]))
         big.faults.fail_after_page = 3
-        failed = run(config, expect_error=SmartcarAPIError)
+        failed = run(config, expect_error=ApiError)
         assert "checkpoint" in partition(failed.state, "live")
         big.faults.fail_after_page = None
 
