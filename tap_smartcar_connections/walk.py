@@ -351,9 +351,9 @@ class DryRun:
 class PagingGuard:
     """Ends a walk that would never end: a token handed out twice, or pages without news."""
 
-    def __init__(self, name: str, context: t.Any) -> None:
-        """Nothing seen yet, for the stream `name`'s partition `context`."""
-        self.where = f"{name} {json.dumps(context)}"
+    def __init__(self, where: str) -> None:
+        """Nothing seen yet, in the partition `where` names."""
+        self.where = where
         self.tokens: set[str] = set()
         self.idle = 0
 
@@ -449,7 +449,8 @@ class Walk:
         self.source, self.course, self.context = source, course, context
         self.state, self.settles = state, settles and state is not None
         self.dry_run, self.clock, self.count = dry_run, clock, count
-        self.label = f"{source.name.capitalize()} {json.dumps(context)}"
+        self.label = " ".join([source.name.capitalize(), *([json.dumps(context)] if context else [])])
+        """The partition, as messages name it: `Connections {"mode": "live"}`, `Webhooks`."""
         self.subject = "this mode" if isinstance(context, dict) and "mode" in context else "it"
         """How messages name the partition: modes are what a user configures."""
         self.seen: dict[int, int] | None = {} if course.paging.shifts else None
@@ -561,7 +562,7 @@ class Walk:
         Raises:
             StaleCheckpoint: If resuming and the first page shows the checkpoint does not fit.
         """
-        guard = PagingGuard(self.source.name, self.context)
+        guard = PagingGuard(self.label)
         above = ""
         while True:
             if self.dry_run.done:
