@@ -26,7 +26,7 @@ from typing_extensions import override
 
 from tap_smartcar_connections.errors import DownstreamError, SmartcarError
 from tap_smartcar_connections.timestamps import stamp_of
-from tap_smartcar_connections.walk import Course, DryRun, Paging, Walk
+from tap_smartcar_connections.walk import Course, DryRun, Walk
 
 if t.TYPE_CHECKING:
     import logging
@@ -36,6 +36,7 @@ if t.TYPE_CHECKING:
     from singer_sdk.helpers.types import Context
 
     from tap_smartcar_connections.pages import Page
+    from tap_smartcar_connections.paging import Paging
     from tap_smartcar_connections.policy import Clock
     from tap_smartcar_connections.redaction import Redactor
     from tap_smartcar_connections.requester import Endpoint, Requester

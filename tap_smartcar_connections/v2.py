@@ -11,10 +11,10 @@ from typing_extensions import override
 
 from tap_smartcar_connections.errors import BrokenBody
 from tap_smartcar_connections.pages import Page, check_ids
+from tap_smartcar_connections.paging import CursorPaging, Paging
 from tap_smartcar_connections.requester import Endpoint
 from tap_smartcar_connections.streams import CONNECTION_SCHEMA, SmartcarStream
 from tap_smartcar_connections.timestamps import normalize_timestamps
-from tap_smartcar_connections.walk import CursorPaging, Paging
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable

@@ -18,9 +18,9 @@ from typing_extensions import override
 from tap_smartcar_connections.errors import BrokenBody, HttpStatus
 from tap_smartcar_connections.jsonapi import ListDocument, describe_response, read_list
 from tap_smartcar_connections.pages import Page, check_ids, stamps
+from tap_smartcar_connections.paging import NumberedPaging, Paging
 from tap_smartcar_connections.requester import Endpoint
 from tap_smartcar_connections.streams import CONNECTION_SCHEMA, SmartcarStream
-from tap_smartcar_connections.walk import NumberedPaging, Paging
 
 if t.TYPE_CHECKING:
     from singer_sdk import Tap

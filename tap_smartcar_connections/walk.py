@@ -19,10 +19,11 @@ each in one method of `Walk`:
   start;
 - shifting pages (`Pass.doubt`): a walk under which the list changed is read again, at most
   `REREADS` times, else neither the bookmark nor ACTIVATE_VERSION follows;
-- every walk ends (`PagingGuard`): a token handed out twice, or a run of pages with nothing
+- every walk ends (`paging.PagingGuard`): a token handed out twice, or a run of pages with nothing
   new, ends the run with one line about the paging.
 
-How a list pages (cursors that hold their place, page numbers that shift) is a `Paging`.
+How a list pages (cursors that hold their place, page numbers that shift) is a
+`paging.Paging`.
 """
 
 from __future__ import annotations
@@ -32,12 +33,11 @@ import enum
 import hashlib
 import json
 import typing as t
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from tap_smartcar_connections.errors import ApiError, Refused
-from tap_smartcar_connections.pages import Page
+from tap_smartcar_connections.errors import Refused
+from tap_smartcar_connections.paging import PagingGuard, Saved, StaleCheckpoint
 from tap_smartcar_connections.redaction import one_line
 from tap_smartcar_connections.timestamps import normalize_timestamp
 
@@ -45,17 +45,14 @@ if t.TYPE_CHECKING:
     import logging
     from collections.abc import Callable, Generator
 
+    from tap_smartcar_connections.pages import Page
+    from tap_smartcar_connections.paging import Paging
     from tap_smartcar_connections.policy import Clock
 
 REREADS = 2
 """How often a walk over shifting pages is read again when the list changed under it."""
-MAX_EMPTY_PAGES = 100
-"""Pages in a row with nothing new (empty, or only items already read), each with a new token,
-after which a walk is taken to be endless."""
 PROGRESS_SECONDS = 60.0
 """A walk logs its progress at least this often."""
-MAX_PAGE_DIGITS = 9
-"""A page number longer than this in a checkpoint cannot be right (10^9 pages of 100)."""
 
 
 class Ending(enum.Enum):
@@ -64,10 +61,6 @@ class Ending(enum.Enum):
     FLOOR = "reached the floor"
     END = "read to the last page"
     CUT = "stopped at a dry run's record limit"
-
-
-class StaleCheckpoint(Exception):
-    """A saved checkpoint cannot be resumed from; the message says why."""
 
 
 def key_digest(record: t.Mapping[str, t.Any]) -> str:
@@ -229,104 +222,6 @@ class Pass:
         return elapsed * (last - floor).total_seconds() / (top - last).total_seconds()
 
 
-class Paging(ABC):
-    """How a list pages: where a resumed walk goes on, and what tells items apart.
-
-    Not the SDK's `BaseAPIPaginator`: a paginator there sees the raw response after the records
-    were yielded, while the walk needs the parsed page (its token, total and order) to decide
-    where to stop, and each body is parsed once, under the retries.
-    """
-
-    shifts: t.ClassVar[bool]
-    """Whether items move between pages as the list changes (page numbers do, cursors don't)."""
-
-    @abstractmethod
-    def resume(self, checkpoint: Checkpoint, head: Pass, page_size: int) -> str:
-        """The token to go on from, after `head` read the new top of the list.
-
-        Raises:
-            StaleCheckpoint: If the checkpoint does not fit the list.
-        """
-
-    @abstractmethod
-    def check_resumed(self, page: Page, last: str, stamp: str) -> str:
-        """Check the first page of a resumed walk.
-
-        Returns:
-            The instant above which items were read before the interruption (the walk skips
-            them), or "".
-
-        Raises:
-            StaleCheckpoint: If the page shows the checkpoint no longer fits.
-        """
-
-    def identity(self, record: t.Mapping[str, t.Any]) -> int:
-        """What tells items apart, as a hash (for dedupe and counts where pages shift)."""
-        raise NotImplementedError
-
-
-class CursorPaging(Paging):
-    """Opaque cursors (API v2): a page's place does not move as the list changes."""
-
-    shifts = False
-
-    def resume(self, checkpoint: Checkpoint, head: Pass, page_size: int) -> str:
-        """The checkpoint's own cursor: it holds its place."""
-        return checkpoint.cursor
-
-    def check_resumed(self, page: Page, last: str, stamp: str) -> str:
-        """The page must not start after where the interrupted walk had come.
-
-        Raises:
-            StaleCheckpoint: If it does: the cursor no longer points where it did.
-        """
-        if page.records and page.records[0][stamp] > last:
-            msg = f"its next page starts at {page.records[0][stamp]}, after {last}"
-            raise StaleCheckpoint(msg)
-        return ""
-
-
-class NumberedPaging(Paging):
-    """Page numbers (API v3): an item added or removed shifts every item after it."""
-
-    shifts = True
-
-    def __init__(self, identity_field: str) -> None:
-        """Items are told apart by `identity_field` (their own id)."""
-        self.identity_field = identity_field
-
-    def identity(self, record: t.Mapping[str, t.Any]) -> int:
-        """The hash of the item's own id: 1 user may connect 1 vehicle twice, and both count."""
-        return hash(record[self.identity_field])
-
-    def resume(self, checkpoint: Checkpoint, head: Pass, page_size: int) -> str:
-        """The page where the interrupted walk's next item is now, or before it.
-
-        Since the checkpoint, `head.records` items came in above it; if the list grew by less
-        than that, some were removed, perhaps above it: start that many earlier, and skip what
-        is newer than where the walk had come (`check_resumed`).
-
-        Raises:
-            StaleCheckpoint: If the checkpoint has no usable page number or list size, or its
-                page lies past the end of the list.
-        """
-        number, then, now = checkpoint.cursor, checkpoint.total, head.total
-        if not (number.isdecimal() and len(number) <= MAX_PAGE_DIGITS and isinstance(then, int)):
-            msg = "it has no usable page number and list size"
-            raise StaleCheckpoint(msg)
-        now = then if now is None else now
-        removed = max(0, then + head.records - now)
-        position = max(0, (int(number) - 1) * page_size + head.records - removed)
-        if position >= now:
-            msg = f"its next page lies past the end of the list (item {position + 1} of {now})"
-            raise StaleCheckpoint(msg)
-        return str(position // page_size + 1)
-
-    def check_resumed(self, page: Page, last: str, stamp: str) -> str:
-        """Items newer than `last` were read before; the walk skips them."""
-        return last
-
-
 @dataclass
 class DryRun:
     """A record limit shared by a stream's partitions (`--test`), or none."""
@@ -346,39 +241,6 @@ class DryRun:
         records = records[: self.limit - self.emitted]
         self.emitted += len(records)
         return records
-
-
-class PagingGuard:
-    """Ends a walk that would never end: a token handed out twice, or pages without news."""
-
-    def __init__(self, where: str) -> None:
-        """Nothing seen yet, in the partition `where` names."""
-        self.where = where
-        self.tokens: set[str] = set()
-        self.idle = 0
-
-    def check(self, token: str, fresh: int, page: int) -> None:
-        """Note the next `token`, after a page with `fresh` items not read before in the pass.
-
-        Raises:
-            ApiError: Naming what went wrong with the paging.
-        """
-        self.idle = 0 if fresh else self.idle + 1
-        if token in self.tokens:
-            problem = f"page {page} returned a page token already seen (a paging loop)"
-        elif self.idle >= MAX_EMPTY_PAGES:
-            problem = (
-                f"{self.idle} pages in a row with nothing new (empty, or only items already "
-                "read), each with a new page token"
-            )
-        else:
-            self.tokens.add(token)
-            return
-        msg = (
-            f"Smartcar API paging failed for {self.where}: {problem}. Report it to Smartcar "
-            "support; the last STATE emitted is safe to resume from"
-        )
-        raise ApiError(msg)
 
 
 class Source(t.Protocol):
@@ -449,7 +311,9 @@ class Walk:
         self.source, self.course, self.context = source, course, context
         self.state, self.settles = state, settles and state is not None
         self.dry_run, self.clock, self.count = dry_run, clock, count
-        self.label = " ".join([source.name.capitalize(), *([json.dumps(context)] if context else [])])
+        self.label = " ".join(
+            [source.name.capitalize(), *([json.dumps(context)] if context else [])]
+        )
         """The partition, as messages name it: `Connections {"mode": "live"}`, `Webhooks`."""
         self.subject = "this mode" if isinstance(context, dict) and "mode" in context else "it"
         """How messages name the partition: modes are what a user configures."""
@@ -535,7 +399,8 @@ class Walk:
             if self.course.paging.shifts and current.unordered:
                 msg = "the list is not newest first, so a page number does not say where it was"
                 raise StaleCheckpoint(msg)
-            token = self.course.paging.resume(checkpoint, head, self.course.page_size)
+            saved = Saved(checkpoint.cursor, checkpoint.total, head.records, head.total)
+            token = self.course.paging.resume(saved, self.course.page_size)
             return (yield from self._read(current, token, resume_from=checkpoint.last))
         except StaleCheckpoint as exc:
             self.source.logger.warning(

@@ -27,10 +27,10 @@ from pathlib import Path
 import pytest
 
 from smartcar_simulator import SmartcarSimulator
+from tap_smartcar_connections.paging import MAX_EMPTY_PAGES
 from tap_smartcar_connections.policy import BODY_ATTEMPTS
 from tap_smartcar_connections.redaction import Redactor
 from tap_smartcar_connections.timestamps import normalize_timestamp
-from tap_smartcar_connections.walk import MAX_EMPTY_PAGES
 
 from .conftest import TOKEN, Run, bookmarks, live_state, run_cli, sync
 

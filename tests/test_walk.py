@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from smartcar_simulator import SmartcarSimulator, generate_connections
+from tap_smartcar_connections.paging import MAX_EMPTY_PAGES
 from tap_smartcar_connections.timestamps import normalize_timestamp
-from tap_smartcar_connections.walk import MAX_EMPTY_PAGES, key_digest
+from tap_smartcar_connections.walk import key_digest
 
 from .conftest import TOKEN, bookmarks, run_cli, sync
 from .test_hostile import Hostile, Reply, conn, hostile, page  # noqa: F401  (the fixture)
