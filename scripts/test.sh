@@ -7,4 +7,4 @@ bash scripts/postgres.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/pytest "$@"
+.venv/bin/pytest -n 4 --dist loadgroup "$@"  # 4 workers: most tests wait on a subprocess or a socket

@@ -229,3 +229,14 @@ def run_cli(
     messages = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     waited = [float(line) for line in sleeps.read_text().split()] if sleeps.exists() else []
     return Run(messages, stderr=proc.stderr, exit_code=proc.returncode, sleeps=waited)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the end-to-end tests on one xdist worker, so each session fixture is set up once.
+
+    A Meltano project with its plugins, or a PostgreSQL cluster, costs seconds to build; every
+    other test runs on whichever worker is free (`--dist loadgroup`, as `scripts/test.sh` runs).
+    """
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.xdist_group("e2e"))
