@@ -12,7 +12,6 @@ import gzip
 import json
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -705,37 +704,6 @@ def test_a_connection_failure_after_the_first_answer_is_retried(
     assert run.pairs() == [("user-2", "vehicle-2"), ("user-1", "vehicle-1")]
     assert len(server.requests) == 3
     assert sum("retrying in" in line for line in run.stderr.splitlines()) == 1
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 def test_the_environment_ca_bundle_is_honoured_and_a_bad_certificate_fails_at_once(
