@@ -97,11 +97,15 @@ class Servers:
 
     def __init__(self, certificate: tuple[Path, Path]) -> None:
         self.certificate = certificate
-        self.started: list[Hostile] = []
+        self.closers: list[t.Callable[[], None]] = []
+
+    def hostile(self, script: t.Callable[[int, str], Reply] | list[Reply]) -> Hostile:
+        server = Hostile(script)
+        self.closers.append(server.close)
+        return server
 
     def http(self, script: t.Callable[[int, str], Reply] | list[Reply]) -> Served:
-        server = Hostile(script)
-        self.started.append(server)
+        server = self.hostile(script)
         return Served(server.url, lambda: len(server.requests))
 
     def https(
@@ -111,8 +115,7 @@ class Servers:
         *,
         trusted: bool = True,
     ) -> tuple[Served, Hostile, TlsSocket]:
-        server = Hostile(script)
-        self.started.append(server)
+        server = self.hostile(script)
         cert, key = self.certificate
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
@@ -124,8 +127,8 @@ class Servers:
         return Served(url, lambda: listener.accepted, env), server, listener
 
     def close(self) -> None:
-        for server in self.started:
-            server.close()
+        for close in self.closers:
+            close()
 
 
 @pytest.fixture
@@ -205,9 +208,16 @@ def gone_after_answering(servers: Servers) -> Served:
         first = page([conn(2, "2026-01-02T00:00:00Z")], cursor="c2")
         return Reply(body=first.body, headers={"Connection": "close"})
 
-    served = servers.http(script)
-    server = servers.started[-1]
-    return Served(served.url, None)  # the later attempts reach no server to count them
+    server = servers.hostile(script)
+    return Served(server.url, None)  # the later attempts reach no server to count them
+
+
+def connect_timeout(servers: Servers) -> Served:
+    """A listener whose accept queue is full: a new connection is never completed."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    filler = socket.create_connection(listener.getsockname())  # takes the only place
+    servers.closers += [filler.close, listener.close]
+    return Served(f"http://127.0.0.1:{listener.getsockname()[1]}/v2.0", None)
 
 
 PAGE = json.dumps({"connections": [], "paging": {"cursor": None}}).encode()
@@ -269,6 +279,15 @@ SCENARIOS = [
         unresolved,
         ("the host name does not resolve",),
         budget=600,
+    ),
+    Scenario(
+        "connect timeout",
+        Happened.UNREACHABLE,
+        Retry.FIRST_CONTACT,
+        connect_timeout,
+        ("connecting timed out",),
+        budget=2,  # one attempt: connecting takes request_timeout
+        settings={"request_timeout": 1},
     ),
     Scenario(
         "refused after the host answered",
