@@ -39,6 +39,19 @@ from tap_smartcar_connections.transport import origin
 
 from .conftest import TOKEN, run_cli
 from .test_hostile import Hostile, Reply, conn, failure, page
+from .test_v3_hostile import (
+    CONNECTIONS,
+    SUBSCRIPTIONS,
+    TOKEN_PATH,
+    WEBHOOKS,
+    Script,
+    Scripted,
+    Seen,
+    connection,
+    empty_lists,
+    good_token,
+    v3_list,
+)
 
 PREFIX = "tap-smartcar-connections: error: "
 SERVER_ERROR = b'{"type": "SERVER", "description": "try again"}'
@@ -101,6 +114,11 @@ class Servers:
 
     def hostile(self, script: t.Callable[[int, str], Reply] | list[Reply]) -> Hostile:
         server = Hostile(script)
+        self.closers.append(server.close)
+        return server
+
+    def scripted(self, data: Script = empty_lists, token: Script = good_token) -> Scripted:
+        server = Scripted(data, token)
         self.closers.append(server.close)
         return server
 
@@ -446,3 +464,106 @@ def test_a_url_that_cannot_be_requested_is_never_retried() -> None:
 
     assert found.happened is Happened.BAD_URL
     assert FAILURE_POLICY[Happened.BAD_URL].retry is Retry.NEVER
+
+
+# One transient failure, once: retried, and the run delivers everything
+
+
+def test_one_dropped_first_request_to_the_v2_api_is_retried(
+    tmp_path: Path, servers: Servers
+) -> None:
+    server = servers.hostile([Reply(status=0), page([conn(1, "2026-01-01T00:00:00Z")])])
+    config = {"management_token": TOKEN, "api_url": server.url, "modes": ["live"]}
+
+    run = run_cli(tmp_path, config)
+
+    assert run.exit_code == 0, run.stderr
+    assert run.pairs() == [("user-1", "vehicle-1")]
+    assert len(server.requests) == 2
+    assert run.sleeps == [RETRY_BASE_SECONDS]
+    (warning,) = [line for line in run.stderr.splitlines() if "retrying in" in line]
+    assert "the connection was closed or reset" in warning
+
+
+def drop_first(script: Script) -> Script:
+    """`script`, but its first request's connection is closed without an answer."""
+    return lambda index, request: Reply(status=0) if index == 0 else script(index, request)
+
+
+def one_of_each(index: int, request: Seen) -> Reply:
+    if request.path == CONNECTIONS:
+        return v3_list([connection(1)], request)
+    return empty_lists(index, request)
+
+
+@pytest.mark.parametrize("dropped_on", [TOKEN_PATH, CONNECTIONS, SUBSCRIPTIONS])
+def test_one_dropped_first_request_to_a_v3_origin_is_retried(
+    tmp_path: Path, servers: Servers, dropped_on: str
+) -> None:
+    """The token endpoint, the Vehicle API and the Management API each on their own origin.
+
+    The first subscriptions request is the Management API's first, after every connection
+    was read from the Vehicle API.
+    """
+
+    def route(path: str, script: Script) -> Script:
+        return drop_first(script) if path == dropped_on else script
+
+    token_host = servers.scripted(token=route(TOKEN_PATH, good_token))
+    vehicle = servers.scripted(route(CONNECTIONS, one_of_each))
+    management = servers.scripted(route(SUBSCRIPTIONS, one_of_each))
+    config = token_host.settings(
+        v3_vehicle_api_url=vehicle.root + "/vehicle/v3",
+        v3_management_api_url=management.root + "/management/v3",
+    )
+
+    run = run_cli(tmp_path, config)
+
+    assert run.exit_code == 0, run.stderr
+    assert [(r["userId"], r["vehicleId"]) for r in run.records if "connectionId" in r] == [
+        ("user-1", "vehicle-1")
+    ]
+    tries = {path: 2 if path == dropped_on else 1 for path in (TOKEN_PATH, CONNECTIONS)}
+    assert [s.path for s in token_host.tokens] == [TOKEN_PATH] * tries[TOKEN_PATH]
+    assert [s.path for s in vehicle.data] == [CONNECTIONS] * tries[CONNECTIONS]
+    subscriptions = [SUBSCRIPTIONS] * (2 if dropped_on == SUBSCRIPTIONS else 1)
+    assert [s.path for s in management.data] == [*subscriptions, WEBHOOKS]
+    assert run.sleeps == [RETRY_BASE_SECONDS]
+
+
+def test_a_tls_handshake_cut_short_mid_run_is_retried_and_nothing_is_lost(
+    tmp_path: Path, servers: Servers
+) -> None:
+    """Over HTTPS, a new connection per page; the 3rd handshake is cut after the ClientHello."""
+    stamps = ["2026-01-04T00:00:00Z", "2026-01-03T00:00:00Z", "2026-01-02T00:00:00Z"]
+    pages = [page([conn(4 - i, at)], cursor=f"c{i + 2}") for i, at in enumerate(stamps)]
+    pages.append(page([conn(0, "2026-01-01T00:00:00Z")]))
+    script = [Reply(body=p.body, headers={"Connection": "close"}) for p in pages]
+    served, server, listener = servers.https(script, spoil=lambda n: b"" if n == 3 else None)
+    config = {"management_token": TOKEN, "api_url": served.url, "modes": ["live"]}
+
+    run = run_cli(tmp_path, config, env=served.env)
+
+    assert run.exit_code == 0, run.stderr
+    assert [r["vehicleId"] for r in run.records] == [f"vehicle-{n}" for n in (4, 3, 2, 0)]
+    assert listener.accepted == 5
+    assert len(server.requests) == 4
+    assert run.sleeps == [RETRY_BASE_SECONDS]
+    (warning,) = [line for line in run.stderr.splitlines() if "retrying in" in line]
+    assert "the TLS handshake was cut short" in warning
+
+
+@pytest.mark.parametrize("status_code", [408, 425])
+def test_a_one_off_408_or_425_from_a_load_balancer_is_retried(
+    tmp_path: Path, servers: Servers, status_code: int
+) -> None:
+    once = Reply(status=status_code, body=b"<html>try again</html>")
+    server = servers.hostile([once, page([conn(1, "2026-01-01T00:00:00Z")])])
+    config = {"management_token": TOKEN, "api_url": server.url, "modes": ["live"]}
+
+    run = run_cli(tmp_path, config)
+
+    assert run.exit_code == 0, run.stderr
+    assert run.pairs() == [("user-1", "vehicle-1")]
+    assert len(server.requests) == 2
+    assert run.sleeps == [RETRY_BASE_SECONDS]
