@@ -17,7 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 import typing as t
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,9 +28,11 @@ from pathlib import Path
 import pytest
 
 from smartcar_simulator import SmartcarSimulator
+from tap_smartcar_connections.errors import ApiError
 from tap_smartcar_connections.policy import BODY_ATTEMPTS
 from tap_smartcar_connections.redaction import Redactor
 from tap_smartcar_connections.timestamps import normalize_timestamp
+from tap_smartcar_connections.transport import MAX_BODY_BYTES
 from tap_smartcar_connections.walk import MAX_EMPTY_PAGES
 
 from .conftest import TOKEN, Run, bookmarks, live_state, run_cli, sync
@@ -415,6 +419,32 @@ def test_a_compressed_body_is_capped_when_decoded(tmp_path: Path, hostile: t.Any
     assert len(server.requests) == BODY_ATTEMPTS
 
 
+def test_a_compressed_body_is_inflated_a_bounded_chunk_at_a_time(hostile: t.Any) -> None:
+    """Peak memory stays near the decoded-body cap, not the size the bomb inflates to.
+
+    Each 64 KB read of this bomb inflates to about 64 MB; the error line alone would be the
+    same if a read were inflated whole before the cap was checked.
+    """
+    deflate = zlib.compressobj(9, wbits=31)
+    blank = b" " * (1 << 20)
+    parts = [deflate.compress(b'{"connections": [')]
+    parts += [deflate.compress(blank) for _ in range(256)] + [deflate.flush()]
+    bomb = b"".join(parts)
+    assert len(bomb) < 300_000
+    server = hostile([Reply(body=bomb, headers={"Content-Encoding": "gzip"})])
+
+    tracemalloc.start()
+    try:
+        run = sync(settings(server), expect_error=ApiError)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert f"a body over {MAX_BODY_BYTES:,} bytes" in str(run.error)
+    assert len(server.requests) == BODY_ATTEMPTS
+    assert peak < 4 * MAX_BODY_BYTES  # about 9 MB; inflating a read whole takes 150 MB
+
+
 def test_a_gzip_page_is_read(tmp_path: Path, hostile: t.Any) -> None:
     body = page([conn(1, "2026-01-01T00:00:00Z")]).body
     assert isinstance(body, bytes)
@@ -665,6 +695,20 @@ def test_a_server_that_echoes_the_credentials_leaks_nothing(tmp_path: Path, host
     for secret in (TOKEN, basic, f"default:{TOKEN}", f"Basic {basic}"):
         assert secret not in run.stderr
     assert "<redacted>" in run.stderr
+
+
+def test_the_base64_credentials_alone_are_redacted(tmp_path: Path, hostile: t.Any) -> None:
+    """Echoed without the `Basic ` before it, the Authorization value is still a secret."""
+    basic = base64.b64encode(f"default:{TOKEN}".encode()).decode()
+    body = {"type": "AUTHENTICATION", "description": f"no application for {basic}"}
+    server = hostile([Reply(status=401, body=json.dumps(body).encode())])
+
+    run = run_cli(tmp_path, settings(server), env={"LOGLEVEL": "DEBUG"})
+
+    line = failure(run, debug=True)
+    assert "no application for <redacted>" in line
+    assert basic not in run.stderr
+    assert basic[:20] not in run.stderr
 
 
 @pytest.mark.parametrize("args", [(), ("--test",)], ids=["sync", "connection test"])
