@@ -605,6 +605,28 @@ def test_a_state_of_the_wrong_shape_is_refused_with_one_line(
     assert run.messages == []
 
 
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ({"bookmarks": {"webhooks": {"partitions": 7}}}, "the webhooks 'partitions' is not a list"),
+        (
+            {"bookmarks": {"subscriptions": {"partitions": "x"}}},
+            "the subscriptions 'partitions' is not a list",
+        ),
+    ],
+    ids=["webhooks", "subscriptions"],
+)
+def test_a_bad_entry_of_a_stream_the_run_does_not_read_is_named(
+    tmp_path: Path, config: dict[str, t.Any], state: dict[str, t.Any], expected: str
+) -> None:
+    """Under API v2 neither stream is read, but the state is the orchestrator's whole state."""
+    run = run_cli(tmp_path, config, state=state)
+
+    line = failure(run)
+    assert f"cannot use state file {tmp_path / 'state.json'}: {expected}" in line
+    assert run.messages == []
+
+
 @pytest.mark.parametrize("content", ["", "\n", "  \n"])
 def test_an_empty_state_file_means_no_state(
     tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any], content: str

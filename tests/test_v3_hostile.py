@@ -1161,3 +1161,35 @@ def test_an_access_token_is_renewed_before_it_expires_with_a_margin(
         SUBSCRIPTIONS,
         WEBHOOKS,
     ]
+
+
+def test_a_checkpoint_page_number_of_5000_digits_is_not_used_and_the_mode_is_read_again(
+    tmp_path: Path, scripted: t.Callable[..., Scripted]
+) -> None:
+    """Too long for a page number (and for Python's int() by default): a WARNING, no crash."""
+    server = scripted(connections_page(connection(2), connection(1)))
+    checkpoint = {
+        "cursor": "7" * 5000,
+        "newest": "2026-01-02T00:00:00.000000Z",
+        "newest_keys": [],
+        "last": "2026-01-02T00:00:00.000000Z",
+        "floor": "",
+        "page_size": 100,
+        "unordered": False,
+        "total": 2,
+    }
+    partition = {"context": {"mode": "live"}, "api_version": "v3", "checkpoint": checkpoint}
+    state = {"bookmarks": {"connections": {"partitions": [partition]}}}
+
+    run = run_cli(tmp_path, server.settings(), state=state)
+
+    assert run.exit_code == 0, run.stderr
+    (warning,) = [line for line in run.stderr.splitlines() if "checkpoint" in line]
+    assert "WARNING" in warning
+    assert "cannot be used (it has no usable page number and list size)" in warning
+    assert "from the top again, bookmark unchanged" in warning
+    assert "7777777777" not in run.stderr
+    assert sorted(pairs(run)) == [("user-1", "vehicle-1"), ("user-2", "vehicle-2")]
+    assert bookmarks(run.state)["mode=live"] == "2026-01-02T00:00:00.000000Z"
+    pages = {number for s in connection_requests(server) for number in s.query["page[number]"]}
+    assert pages == {"1"}  # the new head, then from the top: never the checkpoint's number
