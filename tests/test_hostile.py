@@ -493,6 +493,22 @@ def test_bad_data_is_retried_a_few_times_then_fails_with_the_reason(
     assert time.monotonic() - began < 20
 
 
+@pytest.mark.parametrize("field", ["userId", "vehicleId"])
+def test_an_id_holding_a_nul_is_a_broken_body_naming_the_field(
+    tmp_path: Path, hostile: t.Any, field: str
+) -> None:
+    bad = {**conn(1, "2026-01-01T00:00:00Z"), field: "id\x00with a nul"}
+    server = hostile([page([conn(2, "2026-01-02T00:00:00Z"), bad])])
+
+    run = run_cli(tmp_path, settings(server))
+
+    line = failure(run)
+    assert f"a page whose {field} holds a control character" in line
+    assert f"{BODY_ATTEMPTS} times in a row" in line
+    assert len(server.requests) == BODY_ATTEMPTS
+    assert run.records == []
+
+
 def test_a_deeply_nested_body_is_an_error_not_a_crash(tmp_path: Path, hostile: t.Any) -> None:
     nested = b"[" * 100_000 + b"]" * 100_000
     server = hostile([Reply(status=500, body=nested), Reply(body=nested)])

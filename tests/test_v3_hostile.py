@@ -787,6 +787,9 @@ def test_a_redirect_is_refused_and_never_followed(
     line = failure(run)
     assert "307" in line
     assert "follows no redirect" in line
+    assert f"a redirect to {elsewhere.root}" in line
+    setting = "v3_token_url" if route == "token" else "v3_vehicle_api_url"
+    assert f"Check {setting} (now {server.root})" in line
     assert elsewhere.seen == []
     assert len(server.seen) == (1 if route == "token" else 2)
     assert not any("Authorization" in s.headers for s in server.tokens)
@@ -1193,3 +1196,26 @@ def test_a_checkpoint_page_number_of_5000_digits_is_not_used_and_the_mode_is_rea
     assert bookmarks(run.state)["mode=live"] == "2026-01-02T00:00:00.000000Z"
     pages = {number for s in connection_requests(server) for number in s.query["page[number]"]}
     assert pages == {"1"}  # the new head, then from the top: never the checkpoint's number
+
+
+@pytest.mark.parametrize("field", ["userId", "vehicleId", "connectionId"])
+def test_a_v3_id_holding_a_nul_is_a_broken_body_naming_the_field(
+    tmp_path: Path, scripted: t.Callable[..., Scripted], field: str
+) -> None:
+    bad = connection(1)
+    if field == "userId":
+        bad["relationships"]["user"]["data"]["id"] = "user\x001"
+    elif field == "vehicleId":
+        bad["relationships"]["vehicle"]["data"]["id"] = "vehicle\x001"
+    else:
+        bad["id"] = "conn\x001"
+    server = scripted(connections_page(connection(2), bad))
+
+    run = run_cli(tmp_path, server.settings())
+
+    line = failure(run)
+    name = "connection id" if field == "connectionId" else field
+    assert f"a page whose {name} holds a control character" in line
+    assert f"{BODY_ATTEMPTS} times in a row" in line
+    assert len(connection_requests(server)) == BODY_ATTEMPTS
+    assert run.records == []
