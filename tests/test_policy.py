@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from smartcar_simulator import SmartcarSimulator, generate_connections
+from tap_smartcar_connections import policy
 from tap_smartcar_connections.policy import (
     BODY_ATTEMPTS,
     FAILURE_POLICY,
@@ -35,9 +37,11 @@ from tap_smartcar_connections.policy import (
     Retry,
     classify,
 )
+from tap_smartcar_connections.tap import TapSmartcarConnections
 from tap_smartcar_connections.transport import origin
 
-from .conftest import TOKEN, run_cli
+from .clock import VirtualClock
+from .conftest import TOKEN, run_cli, sync
 from .test_hostile import Hostile, Reply, conn, failure, page
 from .test_v3_hostile import (
     CONNECTIONS,
@@ -567,3 +571,42 @@ def test_a_one_off_408_or_425_from_a_load_balancer_is_retried(
     assert run.pairs() == [("user-1", "vehicle-1")]
     assert len(server.requests) == 2
     assert run.sleeps == [RETRY_BASE_SECONDS]
+
+
+# First contact: a short bounded retry
+
+
+class UnluckyJitter:
+    """The backoff jitter a 10 s outage costs most: short waits while the host is down (the
+    low end of each backoff up to 8 s), then the longest wait once it would be back."""
+
+    def uniform(self, low: float, high: float) -> float:
+        return low if high <= 8 else high
+
+
+def test_a_nightly_run_rides_out_a_10_second_outage_on_first_contact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The API's port is closed until 10 virtual seconds of the run's waits have passed."""
+    port = closed_port()
+    simulator = SmartcarSimulator(generate_connections(30, seed=4), token=TOKEN, port=port)
+
+    class TenSecondOutage(VirtualClock):
+        def sleep(self, seconds: float) -> None:
+            super().sleep(seconds)
+            if self.skipped >= 10:
+                simulator.start()
+
+    monkeypatch.setattr(TapSmartcarConnections, "clock_class", TenSecondOutage)
+    monkeypatch.setattr(policy, "random", UnluckyJitter())
+    config = {"management_token": TOKEN, "api_url": f"http://127.0.0.1:{port}/v2.0"}
+    try:
+        run = sync({**config, "modes": ["live"]})
+    finally:
+        simulator.stop()
+
+    everyone = {(c["userId"], c["vehicleId"]) for c in simulator.connections("live")}
+    assert set(run.pairs()) == everyone
+    assert len(run.sleeps) >= 4
+    assert 10 <= sum(run.sleeps) <= FIRST_CONTACT_SECONDS
+    assert len(simulator.requests) == 1
