@@ -51,6 +51,7 @@ def main() -> None:
             exc.exit_code,
         )
     except SystemExit as exc:
+        _ignore_signals()  # the command is done: see `_ignore_signals`
         # The SDK's --test prints no verdict; a failure has already raised SmartcarError.
         if exc.code in {0, None} and ("--test" in argv or "--test=all" in argv):
             print(
@@ -131,14 +132,23 @@ def _check_state_file(argv: list[str], check: t.Callable[[t.Any], None]) -> list
     return [arg for index, arg in enumerate(argv) if index not in drop]
 
 
+def _ignore_signals() -> None:
+    """Ignore SIGTERM and SIGINT from now on: the run is over, only its exit is left.
+
+    Nothing may cut its last line; and once the interpreter tears down, Python gives signals
+    back their default action, which would kill a run whose output is complete without a word.
+    """
+    for name in ("SIGINT", "SIGTERM"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 def _finish(line: str, exit_code: int, *, downstream: bool = False) -> t.NoReturn:
     """Print the run's last line and exit; under Meltano's structured logging, log it as ERROR.
 
     Meltano shows a plain stderr line at INFO: only a structured record reaches it as an error.
     The line goes through the run's redaction either way (`redaction.redact_line`).
     """
-    for name in ("SIGINT", "SIGTERM"):  # the run is over: nothing may cut its last line
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    _ignore_signals()
     from tap_smartcar_connections.redaction import redact_line  # noqa: PLC0415
 
     line = redact_line(line)

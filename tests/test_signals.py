@@ -169,3 +169,26 @@ def test_sigterm_mid_page_writes_the_last_state_again_as_the_final_message(
     assert 1 < kinds.count("RECORD") < 201
     partition = messages[-1]["value"]["bookmarks"]["connections"]["partitions"][0]
     assert partition["checkpoint"]["cursor"] == "c2"
+
+
+def test_a_signal_while_the_tap_exits_does_not_kill_a_complete_run(tmp_path: Path) -> None:
+    """SIGTERM once the catalog is out and the tap no longer handles signals: it is exiting.
+
+    Python hands signals back their default action while it tears the interpreter down (some
+    50 ms here); a run whose output is complete must still exit 0, not be killed silently.
+    """
+    tap = start(tmp_path, {"management_token": TOKEN}, "--discover", stdout=subprocess.PIPE)
+    assert tap.stdout is not None
+    out = b""
+    while not out.endswith(b"}\n"):
+        chunk = os.read(tap.stdout.fileno(), 65_536)
+        assert chunk, "the catalog never came"
+        out += chunk
+    wait_for(lambda: not handles(tap.pid, signal.SIGTERM), "the tap's handler go")
+    tap.send_signal(signal.SIGTERM)
+    err = tap.communicate(timeout=60)[1]
+
+    assert [s["tap_stream_id"] for s in json.loads(out)["streams"]] == ["connections"]
+    assert tap.returncode == 0, err.decode()
+    assert "stopped by" not in err.decode()
+    assert "Traceback" not in err.decode()
