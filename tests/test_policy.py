@@ -246,6 +246,7 @@ PAGE = json.dumps({"connections": [], "paging": {"cursor": None}}).encode()
 CORRUPT_GZIP = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03" + b"\xff" * 40
 _deflate = zlib.compressobj(wbits=-15)
 RAW_DEFLATE = _deflate.compress(PAGE) + _deflate.flush()
+CHUNKED = {"Transfer-Encoding": "chunked", "Connection": "close"}
 
 
 @dataclass(frozen=True)
@@ -352,6 +353,13 @@ SCENARIOS = [
         Happened.BAD_DATA,
         Retry.FEW,
         body(PAGE, **{"Content-Length": str(len(PAGE) + 100), "Connection": "close"}),
+        ("a body shorter than it said",),
+    ),
+    Scenario(
+        "short chunk",
+        Happened.BAD_DATA,
+        Retry.FEW,
+        body(b"%x\r\n" % len(PAGE) + PAGE[:10], **CHUNKED),
         ("a body shorter than it said",),
     ),
     Scenario(
