@@ -71,6 +71,21 @@ def _paths(argv: list[str], option: str) -> list[tuple[int, str]]:
     return found
 
 
+def _read_json(text: str) -> t.Any:
+    """`text` read as JSON, as the SDK reads its files: NaN and Infinity are not JSON.
+
+    Raises:
+        ValueError: If it is not JSON.
+    """
+    return json.loads(text, parse_constant=_not_json)
+
+
+def _not_json(constant: str) -> t.NoReturn:
+    """Refuse a NaN or Infinity (Python's JSON reader takes them; the SDK's does not)."""
+    msg = f"{constant} is not JSON"
+    raise ValueError(msg)
+
+
 def _check_config_files(argv: list[str]) -> None:
     """Fail with the file's name when a `--config` file is missing or not a JSON object.
 
@@ -83,7 +98,7 @@ def _check_config_files(argv: list[str]) -> None:
         if path == "ENV":
             continue
         try:
-            config = json.loads(Path(path).read_text(encoding="utf-8"))
+            config = _read_json(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
         except (ValueError, RecursionError):
@@ -115,7 +130,7 @@ def _check_state_file(argv: list[str], check: t.Callable[[t.Any], None]) -> list
             if not text.strip():
                 drop |= {index, index + 1} if argv[index] == "--state" else {index}
                 continue
-            check(json.loads(text))
+            check(_read_json(text))
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
         except (ValueError, RecursionError):

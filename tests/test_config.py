@@ -91,8 +91,12 @@ def test_valid_config_with_defaults(config: dict[str, t.Any]) -> None:
 
 @pytest.mark.parametrize(
     ("content", "reason"),
-    [("{not json", "it is not valid JSON (UTF-8)"), (None, "No such file or directory")],
-    ids=["not json", "missing"],
+    [
+        ("{not json", "it is not valid JSON (UTF-8)"),
+        ('{"max_retry_seconds": Infinity}', "it is not valid JSON (UTF-8)"),
+        (None, "No such file or directory"),
+    ],
+    ids=["not json", "infinity", "missing"],
 )
 def test_a_config_file_that_cannot_be_read_is_named(
     tmp_path: Path, content: str | None, reason: str
