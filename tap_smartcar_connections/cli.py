@@ -37,7 +37,7 @@ def main() -> None:
         from tap_smartcar_connections.state import check_state  # noqa: PLC0415
         from tap_smartcar_connections.tap import TapSmartcarConnections  # noqa: PLC0415
 
-        _check_config_files(argv)
+        _check_input_files(argv)
         sys.argv[1:] = _check_state_file(argv, check_state)
         TapSmartcarConnections.cli()
     except SmartcarError as exc:
@@ -86,17 +86,16 @@ def _not_json(constant: str) -> t.NoReturn:
     raise ValueError(msg)
 
 
-def _check_config_files(argv: list[str]) -> None:
-    """Fail with the file's name when a `--config` file is missing or not a JSON object.
+def _check_input_files(argv: list[str]) -> None:
+    """Fail with the file's name when a `--config` or `--catalog` file is not a JSON object.
 
-    The SDK reads them in an option callback, where a bad file ends in a traceback.
+    The SDK reads them in option callbacks, where a bad file ends in a traceback.
 
     Raises:
         ConfigError: Naming the file and what is wrong with it.
     """
-    for _, path in _paths(argv, "--config"):
-        if path == "ENV":
-            continue
+    named = [("config", path) for _, path in _paths(argv, "--config") if path != "ENV"]
+    for kind, path in named + [("catalog", path) for _, path in _paths(argv, "--catalog")]:
         try:
             config = _read_json(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
@@ -107,7 +106,7 @@ def _check_config_files(argv: list[str]) -> None:
             if isinstance(config, dict):
                 continue
             reason = "it is not a JSON object"
-        msg = f"cannot use config file {path}: {reason}"
+        msg = f"cannot use {kind} file {path}: {reason}"
         raise ConfigError(msg)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -147,4 +148,41 @@ def test_a_bad_value_in_an_environment_variable_is_named(
     (line,) = error_lines(proc.stderr)
     assert f"TAP_SMARTCAR_CONNECTIONS_{variable} {reason}" in line
     assert "Traceback" not in proc.stderr
+    assert simulator.requests == []
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("{not json", "it is not valid JSON (UTF-8)"),
+        ("[1]", "it is not a JSON object"),
+        (None, "No such file or directory"),
+    ],
+    ids=["not json", "not an object", "missing"],
+)
+def test_a_catalog_file_that_cannot_be_read_is_named(
+    tmp_path: Path,
+    simulator: SmartcarSimulator,
+    config: dict[str, t.Any],
+    content: str | None,
+    reason: str,
+) -> None:
+    config_file, catalog = tmp_path / "config.json", tmp_path / "catalog.json"
+    config_file.write_text(json.dumps(config))
+    if content is not None:
+        catalog.write_text(content)
+
+    proc = subprocess.run(
+        [CLI, "--config", str(config_file), "--catalog", str(catalog)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert proc.returncode == 1
+    (line,) = error_lines(proc.stderr)
+    assert line == f"tap-smartcar-connections: error: cannot use catalog file {catalog}: {reason}"
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
     assert simulator.requests == []
