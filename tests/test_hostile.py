@@ -431,7 +431,8 @@ def test_a_compressed_body_is_inflated_a_bounded_chunk_at_a_time(hostile: t.Any)
     parts += [deflate.compress(blank) for _ in range(256)] + [deflate.flush()]
     bomb = b"".join(parts)
     assert len(bomb) < 300_000
-    server = hostile([Reply(body=bomb, headers={"Content-Encoding": "gzip"})])
+    headers = {"Content-Encoding": "gzip", "Connection": "close"}  # no wait for a next request
+    server = hostile([Reply(body=bomb, headers=headers)])
 
     tracemalloc.start()
     try:
