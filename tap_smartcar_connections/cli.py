@@ -32,8 +32,8 @@ def main() -> None:
     """Run the tap's command line, ending expected failures with one line and a non-zero exit."""
     argv = sys.argv[1:]
     try:
-        signal.signal(signal.SIGTERM, interrupt)
-        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGINT, interrupt)  # Python's own until now: a traceback
+        signal.signal(signal.SIGTERM, interrupt)  # the default until now: killed, no line
         from tap_smartcar_connections.state import check_state  # noqa: PLC0415
         from tap_smartcar_connections.tap import TapSmartcarConnections  # noqa: PLC0415
 

@@ -97,19 +97,26 @@ def server() -> t.Iterator[Hostile]:
     hostile.close()
 
 
-def test_sigterm_during_start_up_exits_143_with_one_line(tmp_path: Path, server: Hostile) -> None:
-    """Signalled the moment the tap's handler exists, before its modules (msgspec) are loaded."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_start_up_exits_with_one_line(
+    tmp_path: Path, server: Hostile, signum: int
+) -> None:
+    """Signalled the moment the tap's handlers exist, before its modules (msgspec) are loaded.
+
+    Python handles SIGINT from its own start, so the SIGTERM handler is what says the tap's
+    are in place (the command line installs it last).
+    """
     config = {"management_token": TOKEN, "api_url": server.url, "modes": ["live"]}
     tap = start(tmp_path, config, stdout=subprocess.PIPE)
 
     wait_for(lambda: tap.poll() is not None or handles(tap.pid, signal.SIGTERM), "a handler")
     maps = Path(f"/proc/{tap.pid}/maps").read_text()
-    tap.send_signal(signal.SIGTERM)
+    tap.send_signal(signum)
     out, err = tap.communicate(timeout=60)
 
     assert "msgspec" not in maps  # still starting: the tap's modules were not all loaded
-    assert tap.returncode == 143, err.decode()
-    last_line(err, signal.SIGTERM)
+    assert tap.returncode == 128 + signum, err.decode()
+    last_line(err, signum)
     assert out == b""
     assert server.requests == []
 
