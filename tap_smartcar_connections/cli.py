@@ -97,13 +97,13 @@ def _check_input_files(argv: list[str]) -> None:
     named = [("config", path) for _, path in _paths(argv, "--config") if path != "ENV"]
     for kind, path in named + [("catalog", path) for _, path in _paths(argv, "--catalog")]:
         try:
-            config = _read_json(Path(path).read_text(encoding="utf-8"))
+            content = _read_json(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
         except (ValueError, RecursionError):
             reason = "it is not valid JSON (UTF-8)"
         else:
-            if isinstance(config, dict):
+            if isinstance(content, dict):
                 continue
             reason = "it is not a JSON object"
         msg = f"cannot use {kind} file {path}: {reason}"
