@@ -32,12 +32,12 @@ def main() -> None:
     """Run the tap's command line, ending expected failures with one line and a non-zero exit."""
     argv = sys.argv[1:]
     try:
-        signal.signal(signal.SIGTERM, interrupt)
-        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGINT, interrupt)  # Python's own until now: a traceback
+        signal.signal(signal.SIGTERM, interrupt)  # the default until now: killed, no line
         from tap_smartcar_connections.state import check_state  # noqa: PLC0415
         from tap_smartcar_connections.tap import TapSmartcarConnections  # noqa: PLC0415
 
-        _check_config_files(argv)
+        _check_input_files(argv)
         sys.argv[1:] = _check_state_file(argv, check_state)
         TapSmartcarConnections.cli()
     except SmartcarError as exc:
@@ -51,6 +51,7 @@ def main() -> None:
             exc.exit_code,
         )
     except SystemExit as exc:
+        _ignore_signals()  # the command is done: see `_ignore_signals`
         # The SDK's --test prints no verdict; a failure has already raised SmartcarError.
         if exc.code in {0, None} and ("--test" in argv or "--test=all" in argv):
             print(
@@ -70,28 +71,42 @@ def _paths(argv: list[str], option: str) -> list[tuple[int, str]]:
     return found
 
 
-def _check_config_files(argv: list[str]) -> None:
-    """Fail with the file's name when a `--config` file is missing or not a JSON object.
+def _read_json(text: str) -> t.Any:
+    """`text` read as JSON, as the SDK reads its files: NaN and Infinity are not JSON.
 
-    The SDK reads them in an option callback, where a bad file ends in a traceback.
+    Raises:
+        ValueError: If it is not JSON.
+    """
+    return json.loads(text, parse_constant=_not_json)
+
+
+def _not_json(constant: str) -> t.NoReturn:
+    """Refuse a NaN or Infinity (Python's JSON reader takes them; the SDK's does not)."""
+    msg = f"{constant} is not JSON"
+    raise ValueError(msg)
+
+
+def _check_input_files(argv: list[str]) -> None:
+    """Fail with the file's name when a `--config` or `--catalog` file is not a JSON object.
+
+    The SDK reads them in option callbacks, where a bad file ends in a traceback.
 
     Raises:
         ConfigError: Naming the file and what is wrong with it.
     """
-    for _, path in _paths(argv, "--config"):
-        if path == "ENV":
-            continue
+    named = [("config", path) for _, path in _paths(argv, "--config") if path != "ENV"]
+    for kind, path in named + [("catalog", path) for _, path in _paths(argv, "--catalog")]:
         try:
-            config = json.loads(Path(path).read_text(encoding="utf-8"))
+            content = _read_json(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
         except (ValueError, RecursionError):
             reason = "it is not valid JSON (UTF-8)"
         else:
-            if isinstance(config, dict):
+            if isinstance(content, dict):
                 continue
             reason = "it is not a JSON object"
-        msg = f"cannot use config file {path}: {reason}"
+        msg = f"cannot use {kind} file {path}: {reason}"
         raise ConfigError(msg)
 
 
@@ -114,7 +129,7 @@ def _check_state_file(argv: list[str], check: t.Callable[[t.Any], None]) -> list
             if not text.strip():
                 drop |= {index, index + 1} if argv[index] == "--state" else {index}
                 continue
-            check(json.loads(text))
+            check(_read_json(text))
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
         except (ValueError, RecursionError):
@@ -131,14 +146,23 @@ def _check_state_file(argv: list[str], check: t.Callable[[t.Any], None]) -> list
     return [arg for index, arg in enumerate(argv) if index not in drop]
 
 
+def _ignore_signals() -> None:
+    """Ignore SIGTERM and SIGINT from now on: the run is over, only its exit is left.
+
+    Nothing may cut its last line; and once the interpreter tears down, Python gives signals
+    back their default action, which would kill a run whose output is complete without a word.
+    """
+    for name in ("SIGINT", "SIGTERM"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 def _finish(line: str, exit_code: int, *, downstream: bool = False) -> t.NoReturn:
     """Print the run's last line and exit; under Meltano's structured logging, log it as ERROR.
 
     Meltano shows a plain stderr line at INFO: only a structured record reaches it as an error.
     The line goes through the run's redaction either way (`redaction.redact_line`).
     """
-    for name in ("SIGINT", "SIGTERM"):  # the run is over: nothing may cut its last line
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    _ignore_signals()
     from tap_smartcar_connections.redaction import redact_line  # noqa: PLC0415
 
     line = redact_line(line)

@@ -121,7 +121,9 @@ FAILURE_POLICY: Mapping[Happened, Rule] = MappingProxyType(
 Besides these: a wait is never shorter than `RETRY_BASE_SECONDS` nor than the attempt's
 backoff (1, 2, 4 ... `RETRY_CAP_SECONDS` s, with jitter), and never shorter than `Retry-After`;
 a wait that would end past the budget stops the run at once, with `STILL_FAILING` (or the row's
-own line, for FEW and FIRST_CONTACT rows that ran out first).
+own line, for FEW and FIRST_CONTACT rows that ran out first). On first contact the last wait is
+shortened to end with the window instead, so that the host is tried at its end: an outage a
+little shorter than `FIRST_CONTACT_SECONDS` is ridden out whatever the jitter.
 """
 
 BUSY_STATUSES = frozenset({HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_EARLY, 429})

@@ -124,13 +124,19 @@ class Requester:
         """
         rule = FAILURE_POLICY[failure.happened]
         budget, ran_out = self.settings.max_retry_seconds, STILL_FAILING
-        if rule.retry is Retry.FIRST_CONTACT and origin(endpoint.url) not in self._answered:
+        first_contact = (
+            rule.retry is Retry.FIRST_CONTACT and origin(endpoint.url) not in self._answered
+        )
+        if first_contact:
             budget, ran_out = min(budget, FIRST_CONTACT_SECONDS), rule.line
         if rule.retry is Retry.NEVER or (rule.retry is Retry.FEW and tries.bad >= BODY_ATTEMPTS):
             ran_out = rule.line
         else:
             wait = max(RETRY_BASE_SECONDS, backoff(tries.attempts), failure.retry_after or 0.0)
-            if self.clock.monotonic() - tries.began + wait <= budget:
+            left = budget - (self.clock.monotonic() - tries.began)
+            if first_contact:  # the last try at the window's end, whatever the jitter
+                wait = max(RETRY_BASE_SECONDS, min(wait, left))
+            if wait <= left:
                 return wait
         status = getattr(exc, "status", 0)
         line = ran_out.format(

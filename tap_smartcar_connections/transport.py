@@ -233,7 +233,10 @@ def send(
             response._content = read_body(response)
             response.elapsed = datetime.timedelta(seconds=time.monotonic() - began)
         except (requests.exceptions.RequestException, OSError, BrokenBody) as exc:
-            if expired():
+            # A connection never made is not a late response: with request_timeout up to
+            # CONNECT_TIMEOUT_SECONDS both end together, and the policy must see the host
+            # as unreachable (a short retry on first contact), not as slow.
+            if expired() and not isinstance(exc, requests.exceptions.ConnectTimeout):
                 msg = f"ReadTimeout: no complete response in request_timeout={timeout:g} s"
                 raise ResponseTimeout(msg) from exc
             raise

@@ -7,6 +7,7 @@ import copy
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import typing as t
@@ -121,6 +122,38 @@ def simulator() -> t.Iterator[SmartcarSimulator]:
 @pytest.fixture
 def config(simulator: SmartcarSimulator) -> dict[str, t.Any]:
     return {"management_token": TOKEN, "api_url": simulator.api_url, "max_retry_seconds": 30}
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.1 (trusted only through REQUESTS_CA_BUNDLE)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
 
 
 def sync(

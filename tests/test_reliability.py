@@ -340,6 +340,7 @@ def live_bookmark(value: str) -> str:
     ("content", "expected"),
     [
         ("{not json", "it is not valid JSON"),
+        ('{"bookmarks": {}, "seen": NaN}', "it is not valid JSON"),
         (
             live_bookmark("last tuesday"),
             'bookmark for {"mode": "live"} is "last tuesday", not a timestamp',

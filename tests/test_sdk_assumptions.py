@@ -29,7 +29,6 @@ from tap_smartcar_connections.timestamps import normalize_timestamp
 from tap_smartcar_connections.v2 import V2ConnectionsStream
 
 from .conftest import bookmarks, comparable, sync
-from .test_hostile import certificate  # noqa: F401  (the module fixture)
 from .test_performance import run_tap
 
 
@@ -54,7 +53,7 @@ def test_the_sdk_alone_lets_a_future_connection_become_a_partition_bookmark(
 
 
 def test_the_sdk_request_ignores_the_environment_ca_bundle(
-    certificate: tuple[object, object],  # noqa: F811
+    certificate: tuple[object, object],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Workaround: the requester merges the environment's settings itself (Requester._environment).

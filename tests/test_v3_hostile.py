@@ -26,6 +26,7 @@ import pytest
 
 from smartcar_simulator import SmartcarSimulator, generate_connections, generate_webhooks
 from tap_smartcar_connections.policy import BODY_ATTEMPTS
+from tap_smartcar_connections.redaction import MIN_RUN
 from tap_smartcar_connections.timestamps import normalize_timestamp
 
 from .conftest import Run, bookmarks, run_cli
@@ -786,6 +787,9 @@ def test_a_redirect_is_refused_and_never_followed(
     line = failure(run)
     assert "307" in line
     assert "follows no redirect" in line
+    assert f"a redirect to {elsewhere.root}" in line
+    setting = "v3_token_url" if route == "token" else "v3_vehicle_api_url"
+    assert f"Check {setting} (now {server.root})" in line
     assert elsewhere.seen == []
     assert len(server.seen) == (1 if route == "token" else 2)
     assert not any("Authorization" in s.headers for s in server.tokens)
@@ -1054,3 +1058,164 @@ def test_the_vehicle_api_uses_the_proxy_the_environment_gives_it(
     assert [(r["userId"], r["vehicleId"]) for r in run.records if "userId" in r][:1] == [
         ("user-1", "vehicle-1")
     ]
+
+
+def secret_runs(secret: str) -> set[str]:
+    """Every `MIN_RUN`-character piece of `secret`, as sent and as a form body quotes it."""
+    return {
+        form[i : i + MIN_RUN]
+        for form in (secret, quote_plus(secret))
+        for i in range(len(form) - MIN_RUN + 1)
+    }
+
+
+def quoting(text: str, secret: str, where: str) -> str:
+    """Server text quoting `text`, which holds `secret` (URL-encoded in a form body).
+
+    "cut by the server": `text` up to 20 characters into the secret. "across the tap's cut":
+    the secret starts `MIN_RUN - 1` characters before the 300th, so that cutting before
+    redacting would leave fewer characters of it than a run: only redacting first hides them.
+    """
+    at = text.index(quote_plus(secret))
+    if where == "cut by the server":
+        return f"refused: {text[: at + 20]}"
+    return "." * (300 - MIN_RUN - at) + text + " refused"  # [:299] holds MIN_RUN - 1 of it
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+@pytest.mark.parametrize("where", ["across the tap's cut", "cut by the server"])
+@pytest.mark.parametrize("secret_of", ["client secret", "access token"])
+def test_a_secret_quoted_in_an_error_leaves_no_run_of_itself_in_any_output(
+    tmp_path: Path,
+    scripted: t.Callable[..., Scripted],
+    level: str,
+    where: str,
+    secret_of: str,
+) -> None:
+    """A 401 from the token endpoint quoting the form body, or a 403 quoting the access token."""
+    client_secret = f"cs-{secrets.token_hex(16)}"
+    access_token = f"tok-{secrets.token_hex(16)}"
+
+    def token(index: int, request: Seen) -> Reply:
+        if secret_of == "client secret":
+            described = quoting(request.body.decode(), client_secret, where)
+            error = {"error": "invalid_client", "error_description": described}
+            return Reply(status=401, body=json.dumps(error).encode())
+        body = {"access_token": access_token, "token_type": "Bearer", "expires_in": 3600}
+        return Reply(body=json.dumps(body).encode())
+
+    def data(index: int, request: Seen) -> Reply:
+        error = {
+            "status": "403",
+            "type": "PERMISSION",
+            "detail": quoting(access_token, access_token, where),
+        }
+        return Reply(status=403, body=json.dumps({"errors": [error]}).encode())
+
+    server = scripted(data, token)
+    secret = client_secret if secret_of == "client secret" else access_token
+
+    run = run_cli(tmp_path, server.settings(client_secret=client_secret), env={"LOGLEVEL": level})
+
+    line = failure(run, debug=True)
+    assert ("401 invalid_client" if secret_of == "client secret" else "403 PERMISSION") in line
+    output = run.stderr + json.dumps(run.messages)
+    assert not [piece for piece in secret_runs(secret) if piece in output]
+    assert secret[: MIN_RUN - 1] not in output
+    assert "<redact" in line
+
+
+def test_an_access_token_is_renewed_before_it_expires_with_a_margin(
+    tmp_path: Path, scripted: t.Callable[..., Scripted]
+) -> None:
+    """A 1000 s token is renewed once 900 s have passed (a tenth of its life), not before.
+
+    Two 429s on the first connections page make the run wait 899 s (the token is still
+    used), then 2 s more (past the margin: a new token, though the old one has 99 s left).
+    """
+    issued: list[str] = []
+
+    def token(index: int, request: Seen) -> Reply:
+        issued.append(f"tok-{index}-{secrets.token_hex(8)}")
+        body = {"access_token": issued[-1], "token_type": "Bearer", "expires_in": 1000}
+        return Reply(body=json.dumps(body).encode())
+
+    def data(index: int, request: Seen) -> Reply:
+        if index < 2:
+            wait = ("899", "2")[index]
+            return Reply(status=429, body=b"{}", headers={"Retry-After": wait})
+        return connections_page(connection(1))(index, request)
+
+    server = scripted(data, token)
+
+    run = run_cli(tmp_path, server.settings(max_retry_seconds=3600))
+
+    assert run.exit_code == 0, run.stderr
+    assert run.sleeps == [899.0, 2.0]
+    assert len(issued) == 2
+    used = [s.headers["Authorization"].removeprefix("Bearer ") for s in server.data]
+    assert used == [issued[0], issued[0], issued[1], issued[1], issued[1]]
+    assert [s.path for s in server.seen] == [
+        TOKEN_PATH,
+        CONNECTIONS,
+        CONNECTIONS,
+        TOKEN_PATH,
+        CONNECTIONS,
+        SUBSCRIPTIONS,
+        WEBHOOKS,
+    ]
+
+
+def test_a_checkpoint_page_number_of_5000_digits_is_not_used_and_the_mode_is_read_again(
+    tmp_path: Path, scripted: t.Callable[..., Scripted]
+) -> None:
+    """Too long for a page number (and for Python's int() by default): a WARNING, no crash."""
+    server = scripted(connections_page(connection(2), connection(1)))
+    checkpoint = {
+        "cursor": "7" * 5000,
+        "newest": "2026-01-02T00:00:00.000000Z",
+        "newest_keys": [],
+        "last": "2026-01-02T00:00:00.000000Z",
+        "floor": "",
+        "page_size": 100,
+        "unordered": False,
+        "total": 2,
+    }
+    partition = {"context": {"mode": "live"}, "api_version": "v3", "checkpoint": checkpoint}
+    state = {"bookmarks": {"connections": {"partitions": [partition]}}}
+
+    run = run_cli(tmp_path, server.settings(), state=state)
+
+    assert run.exit_code == 0, run.stderr
+    (warning,) = [line for line in run.stderr.splitlines() if "checkpoint" in line]
+    assert "WARNING" in warning
+    assert "cannot be used (it has no usable page number and list size)" in warning
+    assert "from the top again, bookmark unchanged" in warning
+    assert "7777777777" not in run.stderr
+    assert sorted(pairs(run)) == [("user-1", "vehicle-1"), ("user-2", "vehicle-2")]
+    assert bookmarks(run.state)["mode=live"] == "2026-01-02T00:00:00.000000Z"
+    pages = {number for s in connection_requests(server) for number in s.query["page[number]"]}
+    assert pages == {"1"}  # the new head, then from the top: never the checkpoint's number
+
+
+@pytest.mark.parametrize("field", ["userId", "vehicleId", "connectionId"])
+def test_a_v3_id_holding_a_nul_is_a_broken_body_naming_the_field(
+    tmp_path: Path, scripted: t.Callable[..., Scripted], field: str
+) -> None:
+    bad = connection(1)
+    if field == "userId":
+        bad["relationships"]["user"]["data"]["id"] = "user\x001"
+    elif field == "vehicleId":
+        bad["relationships"]["vehicle"]["data"]["id"] = "vehicle\x001"
+    else:
+        bad["id"] = "conn\x001"
+    server = scripted(connections_page(connection(2), bad))
+
+    run = run_cli(tmp_path, server.settings())
+
+    line = failure(run)
+    name = "connection id" if field == "connectionId" else field
+    assert f"a page whose {name} holds a control character" in line
+    assert f"{BODY_ATTEMPTS} times in a row" in line
+    assert len(connection_requests(server)) == BODY_ATTEMPTS
+    assert run.records == []
