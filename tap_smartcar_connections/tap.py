@@ -32,6 +32,7 @@ from tap_smartcar_connections.client import (
     Writer,
     normalize_timestamp,
 )
+from tap_smartcar_connections.logs import demote_sdk_chatter, records_are_parsed
 from tap_smartcar_connections.transport import install_log_redaction, redact, register_secret
 from tap_smartcar_connections.v2 import V2ConnectionsStream
 from tap_smartcar_connections.v3 import (
@@ -561,6 +562,7 @@ def main() -> None:
     install_log_redaction()
     argv = sys.argv[1:]
     name = TapSmartcarConnections.name
+    demote_sdk_chatter(name)
     try:
         sys.argv[1:] = _check_state_file(argv)
         TapSmartcarConnections.cli()
@@ -583,9 +585,10 @@ def main() -> None:
 
 
 def _finish(line: str, exit_code: int, *, downstream: bool = False) -> t.NoReturn:
-    """Print the run's last line and exit; under Meltano's structured logging, log it as ERROR.
+    """Print the run's last line and exit; where stderr is parsed as records, log it as ERROR.
 
-    Meltano shows a plain stderr line at INFO: only a structured record reaches it as an error.
+    `meltano run` shows a plain stderr line at INFO: only a structured record reaches it as an
+    error. `meltano config test` prints its last line raw: there it stays a plain line.
     """
     line = redact(line)
     if not downstream:
@@ -596,7 +599,7 @@ def _finish(line: str, exit_code: int, *, downstream: bool = False) -> t.NoRetur
     if downstream:
         # Nothing more can be written there; keep interpreter shutdown from trying again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    if os.environ.get("SINGER_SDK_LOG_CONFIG"):
+    if records_are_parsed():
         TapSmartcarConnections.logger.error("%s", line)
     else:
         print(line, file=sys.stderr)

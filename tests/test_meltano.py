@@ -249,6 +249,53 @@ def test_the_connection_test_says_valid_or_invalid(meltano_project: MeltanoProje
     assert "401 AUTHENTICATION" in bad.stderr
 
 
+def verdict_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The line `meltano config test` prints after its verdict: the tap's last line, as it is."""
+    lines = proc.stderr.splitlines()
+    (index,) = [i for i, line in enumerate(lines) if "Plugin configuration is invalid" in line]
+    return lines[index + 1]
+
+
+def test_the_connection_test_shows_the_taps_error_as_a_plain_line(
+    meltano_project: MeltanoProject,
+) -> None:
+    """`meltano config test` prints the tap's last line raw: it must not be a JSON log record.
+
+    It reads the tap's stdout and stderr as one stream (`meltano run` parses stderr on its own,
+    so there the line stays a structured ERROR record: see the test after the next).
+    """
+    with SmartcarSimulator(
+        generate_connections(20, seed=2), token=TOKEN, client_secret=CLIENT_SECRET
+    ) as simulator:
+        v2 = meltano_project.run(
+            "config",
+            "test",
+            "tap-smartcar-connections",
+            env={
+                **tap_env(simulator, "config-test"),
+                "TAP_SMARTCAR_CONNECTIONS_MANAGEMENT_TOKEN": "revoked",
+            },
+        )
+        v3 = meltano_project.run(
+            "config",
+            "test",
+            "tap-smartcar-connections",
+            env={
+                **tap_env_v3(simulator, "config-test-v3"),
+                "TAP_SMARTCAR_CONNECTIONS_CLIENT_SECRET": "wrong-secret",
+            },
+        )
+
+    assert (v2.returncode, v3.returncode) == (1, 1)
+    assert verdict_line(v2).startswith(
+        "tap-smartcar-connections: error: Smartcar API error 401 AUTHENTICATION: "
+    )
+    assert verdict_line(v3).startswith(
+        "tap-smartcar-connections: error: Smartcar's token endpoint refused the client credentials"
+    )
+    assert not [line for line in (v2.stderr + v3.stderr).splitlines() if line.startswith("{")]
+
+
 def test_scheduled_runs_into_jsonl_read_only_new_connections(
     meltano_project: MeltanoProject, tmp_path: Path
 ) -> None:
@@ -292,6 +339,12 @@ def test_scheduled_runs_into_jsonl_read_only_new_connections(
     retries = [e for e in events if "retrying in" in e.get("event", "")]
     assert retries
     assert all(e["level"] == "warning" and e["name"] == "tap-smartcar-connections" for e in retries)
+    # meltano.yml selects no stream by a name that API v2 lacks (Meltano would warn about it),
+    # and the SDK's METRIC lines and environment note wait at DEBUG.
+    assert "was not found in the catalog" not in first.stderr + second.stderr
+    tap_lines = [e["event"] for e in events if e.get("name") == "tap-smartcar-connections"]
+    assert any("finished: " in line for line in tap_lines)
+    assert not [line for line in tap_lines if "METRIC" in line or "env var" in line]
 
 
 def test_stream_maps_pseudonymise_user_id_through_meltano(
