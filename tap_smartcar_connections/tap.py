@@ -203,11 +203,11 @@ SETTINGS = th.PropertiesList(
 
 
 class TapSmartcarConnections(Tap):
-    """Extract every vehicle connection of a Smartcar application.
+    """Extract every vehicle connection of a Smartcar application, from API v2 or v3.
 
-    Reads Smartcar's Management API v2.0 (`GET /management/connections`, with the
-    application's management token) or, with `api_version: v3`, Smartcar API v3 (`GET
-    /connections`, with the client credentials) and emits the `connections` stream: who
+    Reads Smartcar API v2, the Management API v2.0 (`GET /management/connections`, with the
+    application's management token; the default) or, with `api_version: v3`, Smartcar API v3
+    (`GET /connections`, with the client credentials) and emits the `connections` stream: who
     (`userId`) connected which vehicle (`vehicleId`), when (`connectedAt`) and in which `mode`;
     under v3 also the connection's id, permissions and the vehicle's make, model, year and
     powertrain, plus the `webhooks` and `subscriptions` streams. Incremental by default, with
@@ -331,15 +331,18 @@ class TapSmartcarConnections(Tap):
 
 
 HELP_EPILOG = """\b
-Extracts every vehicle connection of a Smartcar application (Management API) as the
-`connections` stream, incrementally with one bookmark per mode. The settings are listed
-by --about (table in README.md, "Settings").
+Extracts every vehicle connection of a Smartcar application as the `connections`
+stream, incrementally with one bookmark per mode, from either API version:
+  API v2 (the default): the Management API v2.0, with management_token;
+  API v3 (api_version v3): with client_id and client_secret; adds the vehicle's
+  details and the `webhooks` and `subscriptions` streams.
+The settings are listed by --about (table in README.md, "Settings").
 
 \b
 Usual commands:
   tap-smartcar-connections --about --format=markdown    settings and capabilities
   tap-smartcar-connections --config config.json --discover > catalog.json
-  tap-smartcar-connections --config config.json --test  check token and api_url
+  tap-smartcar-connections --config config.json --test  check credentials and URLs
   tap-smartcar-connections --config config.json --state state.json > out.jsonl
 """
 
