@@ -834,3 +834,87 @@ def test_an_interrupted_meltano_run_is_resumed_from_its_checkpoint_by_the_next(
     (done,) = json.loads(final.stdout)["singer_state"]["bookmarks"]["connections"]["partitions"]
     assert "checkpoint" not in done
     assert done["replication_key_value"] == max(normalize_timestamp(c["connectedAt"]) for c in rows)
+
+
+DEMO_SETUP = """\
+# The tests' stand-in for scripts/setup.sh: .venv is the tests' own, already installed.
+export MELTANO_SEND_ANONYMOUS_USAGE_STATS=false
+export MELTANO_CLI_DISABLE_VERSION_CHECK=true
+"""
+WARNING_LINE = re.compile(r"\[(warning|error) *\]|Traceback|METRIC|env var", re.IGNORECASE)
+
+
+@pytest.fixture
+def demo(meltano_project: MeltanoProject) -> t.Callable[..., subprocess.CompletedProcess[str]]:
+    """`bash scripts/demo.sh ARGS` in the session's Meltano project, as from a clone.
+
+    The project holds the real demo script beside the simulator package, and `.venv` is this
+    virtualenv (the script's setup step is replaced: it would reinstall the checkout there).
+    """
+    root = meltano_project.root
+    (root / "scripts").mkdir(exist_ok=True)
+    shutil.copy(ROOT / "scripts" / "demo.sh", root / "scripts" / "demo.sh")
+    (root / "scripts" / "setup.sh").write_text(DEMO_SETUP)
+    links = {".venv": Path(sys.prefix), "smartcar_simulator": ROOT / "smartcar_simulator"}
+    for link, target in links.items():
+        if not (root / link).exists():
+            (root / link).symlink_to(target)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["bash", "scripts/demo.sh", *args],
+            cwd=root,
+            env=clean_environment(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert proc.returncode == 0, failed(proc)
+        # Nothing a person cannot act on: no WARNING or ERROR, no METRIC line, no traceback.
+        assert not [line for line in proc.stderr.splitlines() if WARNING_LINE.search(line)]
+        return proc
+
+    return run
+
+
+def test_the_jsonl_demo_starts_over_when_its_file_is_gone(
+    meltano_project: MeltanoProject,
+    demo: t.Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    output = meltano_project.root / "output" / "simulator"
+
+    first = demo("target-jsonl")
+    again = demo("target-jsonl")
+    (output / "connections.jsonl").unlink()
+    restarted = demo("target-jsonl")
+
+    def loaded(proc: subprocess.CompletedProcess[str]) -> tuple[int, int]:
+        match = re.search(
+            r"Loaded (\d+) connections this run .* \((\d+) rows in the file\)", proc.stdout
+        )
+        assert match, proc.stdout
+        return int(match[1]), int(match[2])
+
+    assert loaded(first) == (1000, 1000)
+    assert loaded(again) == (0, 1000)
+    assert "resetting this pipeline's bookmarks" not in again.stderr
+    assert "No output/simulator/connections.jsonl yet: resetting" in restarted.stderr
+    assert loaded(restarted) == (1000, 1000)
+    assert len((output / "connections.jsonl").read_text().splitlines()) == 1000
+
+
+def test_the_duckdb_demo_of_either_api_version_loads_every_table(
+    demo: t.Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    v2 = demo()
+    v3 = demo("--api", "v3")
+
+    for proc in (v2, v3):
+        assert "Smartcar simulator listening on" in proc.stdout
+        assert "API v2 at /v2.0, API v3 at /vehicle/v3" in proc.stdout
+        assert "1000 rows in table connections, 1000 distinct (userId, vehicleId)" in proc.stdout
+    assert "rows in table webhooks" not in v2.stdout
+    assert "(API v3)" in v3.stdout
+    assert "3 rows in table webhooks" in v3.stdout
+    assert "6 rows in table subscriptions" in v3.stdout
