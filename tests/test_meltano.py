@@ -32,7 +32,12 @@ from smartcar_simulator import (
 from tap_smartcar_connections.client import normalize_timestamp
 
 from .conftest import ROOT, TOKEN
-from .postgres import PASSWORD, Postgres, postgres  # noqa: F401  (the session fixture)
+from .postgres import (  # noqa: F401  (postgres: the session fixture)
+    PASSWORD,
+    SERVER_TIME_ZONE,
+    Postgres,
+    postgres,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -167,6 +172,7 @@ def test_meltano_yml_needs_no_hub_and_defines_the_schedules() -> None:
     for plugin in [*extractors.values(), *loaders.values()]:
         assert "inherit_from" in plugin or {"namespace", "pip_url"} <= plugin.keys()
     assert loaders["target-postgres"]["pip_url"] == "meltanolabs-target-postgres==0.8.1"
+    assert loaders["target-postgres"]["env"] == {"PGTZ": "UTC"}  # see the time zone test
     assert loaders["target-jsonl"]["pip_url"].startswith("target-jsonl==")
     # duckdb >= 1.3 makes target-duckdb 0.8.0 drop the first row of every batch.
     assert loaders["target-duckdb"]["pip_url"] == "target-duckdb==0.8.0 duckdb==1.2.2"
@@ -399,6 +405,60 @@ def test_scheduled_incremental_runs_into_postgres(
     assert len(simulator.requests) == 2
     assert active(after) == served(simulator)
     assert len(after) == len(simulator)
+
+
+def test_postgres_stores_the_taps_utc_timestamps_whatever_the_servers_time_zone(
+    meltano_project: MeltanoProject,
+    postgres: Postgres,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """meltano.yml gives target-postgres UTC sessions (PGTZ), which nothing outside overrides.
+
+    target-postgres 0.8.1 writes the tap's `...Z` timestamps into `timestamp without time zone`
+    columns through the session's time zone: the same target without that setting, on the same
+    server, stores every row shifted by the zone's offset.
+    """
+    with SmartcarSimulator(generate_connections(30, seed=14), token=TOKEN) as simulator:
+        env = {
+            **tap_env(simulator, "time-zone"),
+            **postgres.target_env("time_zone"),
+            "PGTZ": SERVER_TIME_ZONE,  # a caller's own PGTZ does not win either
+        }
+        loaded = meltano_project.run("run", "tap-smartcar-connections", "target-postgres", env=env)
+        config = tmp_path / "tap.json"
+        config.write_text(json.dumps({"api_url": simulator.api_url, "management_token": TOKEN}))
+        messages = subprocess.run(
+            [MELTANO.with_name("tap-smartcar-connections"), "--config", config],
+            env=clean_environment(),
+            capture_output=True,
+            check=True,
+            timeout=120,
+        ).stdout
+    target = meltano_project.root / ".meltano" / "loaders" / "target-postgres" / "venv" / "bin"
+    target_config = tmp_path / "target.json"
+    target_env = postgres.target_env("time_zone_unguarded")
+    target_config.write_text(
+        json.dumps(
+            {k.removeprefix("TARGET_POSTGRES_").lower(): v for k, v in target_env.items()}
+            | {"port": postgres.port, "add_record_metadata": True}
+        )
+    )
+    unguarded = subprocess.run(
+        [target / "target-postgres", "--config", target_config],
+        input=messages,
+        env=clean_environment(),
+        capture_output=True,
+        check=False,
+        timeout=300,
+    )
+
+    assert postgres.psql("SHOW timezone") == SERVER_TIME_ZONE
+    assert loaded.returncode == 0, failed(loaded)
+    assert active(table(postgres, "time_zone")) == served(simulator)
+    assert unguarded.returncode == 0, unguarded.stderr[-3000:]
+    shifted = active(table(postgres, "time_zone_unguarded"))
+    assert len(shifted) == 30
+    assert not shifted & served(simulator)
 
 
 def tap_env_v3(simulator: SmartcarSimulator, state_suffix: str) -> dict[str, str]:
