@@ -12,8 +12,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import typing as t
 import uuid
 from dataclasses import dataclass
@@ -978,3 +980,125 @@ def test_the_duckdb_demo_of_either_api_version_loads_every_table(
     assert "(API v3)" in v3.stdout
     assert "3 rows in table webhooks" in v3.stdout
     assert "6 rows in table subscriptions" in v3.stdout
+
+
+def test_a_ctrl_c_on_meltano_run_into_duckdb_keeps_its_written_batches_and_the_next_run_resumes(
+    meltano_project: MeltanoProject, tmp_path: Path
+) -> None:
+    """Ctrl-C signals Meltano, the tap and the target at once, as a terminal does.
+
+    target-duckdb hands Meltano a STATE only when it writes a batch, so what an interrupted run
+    keeps is its batches written so far: with meltano.yml's `batch_size_rows`, the next run
+    resumes from the last of them instead of reading every page again.
+    """
+    loaders = yaml.safe_load((ROOT / "meltano.yml").read_text())["plugins"]["loaders"]
+    (duckdb,) = [loader for loader in loaders if loader["name"] == "target-duckdb"]
+    batch = duckdb["config"]["batch_size_rows"]
+    start = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=1)
+    rows = generate_connections(50 * 100, seed=15, modes=("live",), start=start)
+    database = tmp_path / "smartcar.duckdb"
+    env = {
+        **clean_environment(),
+        "TAP_SMARTCAR_CONNECTIONS_MODES": '["live"]',
+        "TARGET_DUCKDB_FILEPATH": str(database),
+    }
+    with SmartcarSimulator(rows, token=TOKEN) as simulator:
+        env |= tap_env(simulator, "ctrl-c")
+        simulator.faults.latency = 0.1  # 50 pages in about 5 s
+        interrupted = subprocess.Popen(
+            [MELTANO, "run", "tap-smartcar-connections", "target-duckdb"],
+            cwd=meltano_project.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group, which the signal goes to
+        )
+        deadline = time.monotonic() + 120
+        while len(simulator.requests) < 2 * batch // 100 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        read_before = len(simulator.requests)
+        os.killpg(interrupted.pid, signal.SIGINT)
+        output, _ = interrupted.communicate(timeout=120)
+        kept = len(duckdb_connections(meltano_project, database))
+        saved = meltano_project.run(
+            "state", "get", "dev:tap-smartcar-connections-to-target-duckdb:ctrl-c", env=env
+        )
+        simulator.faults.latency = 0
+        simulator.clear_log()
+        resumed = meltano_project.run("run", "tap-smartcar-connections", "target-duckdb", env=env)
+        read_after = len(simulator.requests)
+        loaded = duckdb_connections(meltano_project, database)
+
+    assert 2 * batch // 100 <= read_before < 50, "the signal came after the run had finished"
+    assert interrupted.returncode != 0, output[-3000:]
+    assert "stopped by SIGINT" in output
+    assert kept >= batch
+    (partition,) = json.loads(saved.stdout)["singer_state"]["bookmarks"]["connections"][
+        "partitions"
+    ]
+    assert "checkpoint" in partition
+    assert resumed.returncode == 0, failed(resumed)
+    # The head page, then on from the last written batch's page: not all 50 pages again.
+    assert read_after <= 50 - kept // 100 + 2, read_after
+    assert sorted(loaded) == sorted(served(simulator))
+
+
+def test_stopping_the_tap_alone_lets_target_jsonl_save_its_state_and_the_next_run_resume(
+    meltano_project: MeltanoProject, tmp_path: Path
+) -> None:
+    """target-jsonl writes its STATE only at the end of its input, so a Ctrl-C keeps none.
+
+    Stopping the tap alone (SIGTERM, as the docs say) ends the target's input instead: it
+    writes the last STATE it had, Meltano saves it, and the next run goes on from there.
+    """
+    start = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=1)
+    rows = generate_connections(50 * 100, seed=16, modes=("live",), start=start)
+    output = tmp_path / "connections.jsonl"
+    env = {
+        **clean_environment(),
+        "TAP_SMARTCAR_CONNECTIONS_MODES": '["live"]',
+        "TARGET_JSONL_DESTINATION_PATH": str(tmp_path),
+    }
+    with SmartcarSimulator(rows, token=TOKEN) as simulator:
+        env |= tap_env(simulator, "stop-the-tap")
+        simulator.faults.latency = 0.1
+        run = subprocess.Popen(
+            [MELTANO, "run", "tap-smartcar-connections", "target-jsonl"],
+            cwd=meltano_project.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (
+            not output.exists() or len(output.read_bytes().splitlines()) < 2000
+        ):
+            time.sleep(0.02)
+        taps = subprocess.run(
+            ["pgrep", "-g", str(run.pid), "-f", "bin/tap-smartcar-connections"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        for pid in taps:
+            os.kill(int(pid), signal.SIGTERM)
+        output_text, _ = run.communicate(timeout=120)
+        written = len(output.read_text().splitlines())
+        simulator.faults.latency = 0
+        simulator.clear_log()
+        resumed = meltano_project.run("run", "tap-smartcar-connections", "target-jsonl", env=env)
+        read_after = len(simulator.requests)
+
+    assert len(taps) == 1
+    assert "stopped by SIGTERM" in output_text
+    assert 2000 <= written < 5000
+    assert resumed.returncode == 0, failed(resumed)
+    assert read_after <= 50 - written // 100 + 2, read_after
+    loaded = [json.loads(line) for line in output.read_text().splitlines()]
+    assert {(r["userId"], r["vehicleId"]) for r in loaded} == {
+        (c["userId"], c["vehicleId"]) for c in rows
+    }
+    assert len(loaded) <= len(rows) + 100  # at most the page being read again
