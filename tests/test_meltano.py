@@ -898,6 +898,61 @@ def test_an_interrupted_meltano_run_is_resumed_from_its_checkpoint_by_the_next(
     assert done["replication_key_value"] == max(normalize_timestamp(c["connectedAt"]) for c in rows)
 
 
+def link_checkout(root: Path) -> None:
+    """Give a project `.venv` (this virtualenv) and the simulator, as a clone has them."""
+    links = {".venv": Path(sys.prefix), "smartcar_simulator": ROOT / "smartcar_simulator"}
+    for link, target in links.items():
+        if not (root / link).exists():
+            (root / link).symlink_to(target)
+
+
+def readme_block(containing: str) -> list[str]:
+    """The command lines of the README's shell block that contains `containing`."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    (block,) = [b for b in blocks if containing in b]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_readmes_jsonl_steps_start_over(meltano_project: MeltanoProject) -> None:
+    """Deleting the file alone would leave bookmarks that load only what is new."""
+    root = meltano_project.root
+    link_checkout(root)
+    output = root / "output" / "connections.jsonl"
+    simulator = recent_simulator(200, seed=17)
+    try:
+        env = {  # no state ID suffix: the README's state ID
+            "TAP_SMARTCAR_CONNECTIONS_API_URL": simulator.api_url,
+            "TAP_SMARTCAR_CONNECTIONS_MANAGEMENT_TOKEN": TOKEN,
+        }
+        runs = [meltano_project.run("run", "tap-smartcar-connections", "target-jsonl", env=env)]
+        runs.append(meltano_project.run("run", "tap-smartcar-connections", "target-jsonl", env=env))
+        lines_before = len(output.read_text().splitlines())
+        commands = readme_block("state clear")
+        for command in commands:
+            done = subprocess.run(
+                ["bash", "-c", command],
+                cwd=root,
+                env=clean_environment(),
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert done.returncode == 0, f"{command}: {done.stderr[-2000:]}"
+        runs.append(meltano_project.run("run", "tap-smartcar-connections", "target-jsonl", env=env))
+    finally:
+        simulator.stop()
+
+    assert all(run.returncode == 0 for run in runs), [failed(run) for run in runs]
+    assert commands[0] == "rm output/connections.jsonl"
+    assert lines_before == 200  # the second run added nothing
+    reloaded = [json.loads(line) for line in output.read_text().splitlines()]
+    assert {(r["userId"], r["vehicleId"]) for r in reloaded} == {
+        (c["userId"], c["vehicleId"]) for c in simulator.connections()
+    }
+    assert len(reloaded) == 200
+
+
 DEMO_SETUP = """\
 # The tests' stand-in for scripts/setup.sh: .venv is the tests' own, already installed.
 export MELTANO_SEND_ANONYMOUS_USAGE_STATS=false
@@ -917,10 +972,7 @@ def demo(meltano_project: MeltanoProject) -> t.Callable[..., subprocess.Complete
     (root / "scripts").mkdir(exist_ok=True)
     shutil.copy(ROOT / "scripts" / "demo.sh", root / "scripts" / "demo.sh")
     (root / "scripts" / "setup.sh").write_text(DEMO_SETUP)
-    links = {".venv": Path(sys.prefix), "smartcar_simulator": ROOT / "smartcar_simulator"}
-    for link, target in links.items():
-        if not (root / link).exists():
-            (root / link).symlink_to(target)
+    link_checkout(root)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(

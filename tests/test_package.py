@@ -101,6 +101,10 @@ def test_the_sdist_holds_what_a_rebuild_and_the_tests_need(dist: Path) -> None:
         "smartcar_simulator/server.py",
         "tests/conftest.py",
         "hub/extractors/tap-smartcar-connections/smartcar-connections.yml",
+        "CHANGELOG.md",
+        "docs/incremental-and-resume.md",
+        ".github/workflows/ci.yml",
+        ".github/workflows/release.yml",
     } <= names
 
 
