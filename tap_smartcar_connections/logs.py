@@ -35,7 +35,9 @@ class _DemoteToDebug(logging.Filter):
         """Demote a matching INFO record; keep it only when DEBUG is logged at all."""
         if record.levelno != logging.INFO:
             return True
-        if self.messages is not None and record.msg not in self.messages:
+        if self.messages is not None and not (
+            isinstance(record.msg, str) and record.msg in self.messages
+        ):
             return True
         record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
         return logging.getLogger().isEnabledFor(logging.DEBUG)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 import typing as t
 from pathlib import Path
 
 import pytest
+from singer_sdk.metrics import METRICS_LOGGER_NAME
 
 from smartcar_simulator import SmartcarSimulator
+from tap_smartcar_connections.logs import demote_sdk_chatter
 
 from .conftest import TOKEN, Run, run_cli, sync
 
@@ -167,3 +170,29 @@ def test_a_failed_run_under_structured_logging_names_the_error_without_secrets(
     assert "401 AUTHENTICATION" in errors[0]["message"]
     assert "Traceback" not in run.stderr
     assert not any(secret in run.stderr for secret in SECRETS)
+
+
+def test_only_the_sdks_chatter_is_demoted(caplog: pytest.LogCaptureFixture) -> None:
+    """The tap's own INFO records stay at INFO, whatever their message is (even not a string)."""
+    logger = logging.getLogger("tap-demote-test")
+    demote_sdk_chatter("tap-demote-test")
+    demote_sdk_chatter("tap-demote-test")  # idempotent: one filter each
+
+    with caplog.at_level(logging.INFO):
+        logger.info("Skipping parse of env var settings...")
+        logger.info({"a": "dict as the message"})
+        logger.info("Connections finished")
+        logging.getLogger(METRICS_LOGGER_NAME).info("METRIC: %s", "point")
+    at_info = [(r.levelname, r.msg) for r in caplog.records]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        logger.info("Skipping parse of env var settings...")
+        logging.getLogger(METRICS_LOGGER_NAME).info("METRIC: %s", "point")
+    at_debug = [(r.levelname, r.msg) for r in caplog.records]
+
+    assert at_info == [("INFO", {"a": "dict as the message"}), ("INFO", "Connections finished")]
+    assert at_debug == [
+        ("DEBUG", "Skipping parse of env var settings..."),
+        ("DEBUG", "METRIC: %s"),
+    ]
+    assert len(logger.filters) == 1
