@@ -150,9 +150,9 @@ class Simulator:
             msg = f"the simulator did not start (it said {line!r})"
             raise SystemExit(msg)
         self.settings: dict[str, str] = json.loads(settings_path.read_text(encoding="utf-8"))
-        self.api_url = match[1]
+        self.api_url = self.settings["api_url"]
         self.connections = int(match[2])
-        self.admin_url = self.api_url.removesuffix("/v2.0") + "/_admin"
+        self.admin_url = match[1] + "/_admin"
         self.session = requests.Session()
 
     def tap_settings(self, api: str, modes: t.Sequence[str] = MODES) -> dict[str, t.Any]:

@@ -80,7 +80,22 @@ PY
 fi
 mkdir -p "$output"
 
+# Bookmarks without the file they describe would load only the newest connections: when the
+# loader's output is missing, this pipeline starts over. Its state is set to no bookmarks
+# (`meltano state clear` would leave none at all, and Meltano warns that it found no state).
+start_over() {
+  local said
+  echo "No $1 yet: resetting this pipeline's bookmarks for a full load." >&2
+  if ! said=$($meltano --environment="$environment" state set --force \
+    "$environment:tap-smartcar-connections-to-$loader" '{"singer_state": {"bookmarks": {}}}' 2>&1)
+  then
+    echo "$said" >&2
+    exit 1
+  fi
+}
+
 if [ "$loader" = target-jsonl ]; then
+  if [ ! -f "$output/connections.jsonl" ]; then start_over "$output/connections.jsonl"; fi
   declare -A before=()
   for stream in connections webhooks subscriptions; do
     before[$stream]=0
@@ -104,18 +119,13 @@ if api == "v3":
     for stream in ("webhooks", "subscriptions"):
         path, rows, new = read(stream)
         print(f"Loaded {len(new)} {stream} this run into {path} ({len(rows)} rows in the file)")
-print("The files only grow: every run appends what it read (bookmark ties included;")
-print("webhooks and subscriptions are read in full every run).")
+print("The files only grow: every run appends what it read (webhooks and subscriptions are")
+print(f"read in full every run). To start over, delete {output}/*.jsonl and run this again.")
 PY
   exit 0
 fi
 
-if [ ! -f "$output/smartcar.duckdb" ]; then
-  # Bookmarks without the file they describe would load only the newest connections.
-  echo "No $output/smartcar.duckdb yet: clearing this pipeline's bookmarks for a full load." >&2
-  $meltano --environment="$environment" state clear --force \
-    "$environment:tap-smartcar-connections-to-target-duckdb" >/dev/null 2>&1 || true
-fi
+if [ ! -f "$output/smartcar.duckdb" ]; then start_over "$output/smartcar.duckdb"; fi
 $meltano --environment="$environment" run tap-smartcar-connections target-duckdb
 # Read it back with the duckdb package that target-duckdb itself uses (same pinned version).
 .meltano/loaders/target-duckdb/venv/bin/python - "$output/smartcar.duckdb" "$api" <<'PY'

@@ -97,8 +97,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     url = simulator.start()
+    root = url.removesuffix("/v2.0")
     try:
-        print(f"Smartcar simulator listening on {url} ({len(simulator)} connections)", flush=True)
+        # Both faces, as paths under one origin: the settings file has every full URL.
+        print(
+            f"Smartcar simulator listening on {root} ({len(simulator)} connections):"
+            f" API v2 at {url.removeprefix(root)},"
+            f" API v3 at {simulator.v3_vehicle_api_url.removeprefix(root)}"
+            f" and {simulator.v3_management_api_url.removeprefix(root)}"
+            f" (token at {simulator.v3_token_url.removeprefix(root)})",
+            flush=True,
+        )
         if args.url_file:
             _write_atomically(args.url_file, url + "\n")
         if args.settings_file:

@@ -34,8 +34,11 @@ def main() -> None:
     try:
         signal.signal(signal.SIGINT, interrupt)  # Python's own until now: a traceback
         signal.signal(signal.SIGTERM, interrupt)  # the default until now: killed, no line
+        from tap_smartcar_connections.logs import demote_sdk_chatter  # noqa: PLC0415
         from tap_smartcar_connections.state import check_state  # noqa: PLC0415
         from tap_smartcar_connections.tap import TapSmartcarConnections  # noqa: PLC0415
+
+        demote_sdk_chatter(NAME)
 
         _check_input_files(argv)
         sys.argv[1:] = _check_state_file(argv, check_state)
@@ -157,12 +160,14 @@ def _ignore_signals() -> None:
 
 
 def _finish(line: str, exit_code: int, *, downstream: bool = False) -> t.NoReturn:
-    """Print the run's last line and exit; under Meltano's structured logging, log it as ERROR.
+    """Print the run's last line and exit; where stderr is parsed as records, log it as ERROR.
 
-    Meltano shows a plain stderr line at INFO: only a structured record reaches it as an error.
-    The line goes through the run's redaction either way (`redaction.redact_line`).
+    `meltano run` shows a plain stderr line at INFO: only a structured record reaches it as an
+    error. `meltano config test` prints its last line raw: there it stays a plain line. The
+    line goes through the run's redaction either way (`redaction.redact_line`).
     """
     _ignore_signals()
+    from tap_smartcar_connections.logs import records_are_parsed  # noqa: PLC0415
     from tap_smartcar_connections.redaction import redact_line  # noqa: PLC0415
 
     line = redact_line(line)
@@ -174,7 +179,7 @@ def _finish(line: str, exit_code: int, *, downstream: bool = False) -> t.NoRetur
     if downstream:
         # Nothing more can be written there; keep interpreter shutdown from trying again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    if os.environ.get("SINGER_SDK_LOG_CONFIG"):
+    if records_are_parsed():
         import logging  # noqa: PLC0415
 
         logging.getLogger(NAME).error("%s", line)

@@ -37,23 +37,24 @@ if t.TYPE_CHECKING:
     from singer_sdk.streams import Stream
 
 HELP_EPILOG = """\b
-Extracts every vehicle connection of a Smartcar application as the `connections` stream,
-incrementally with one bookmark per mode: from the Management API v2.0 (api_version v2, the
-default, with management_token) or from API v3 (api_version v3, with client_id and
-client_secret), which adds vehicle details and the `webhooks` and `subscriptions` streams.
+Extracts every vehicle connection of a Smartcar application as the `connections`
+stream, incrementally with one bookmark per mode, from either API version:
+  API v2 (the default): the Management API v2.0, with management_token;
+  API v3 (api_version v3): with client_id and client_secret; adds the vehicle's
+  details and the `webhooks` and `subscriptions` streams.
 The settings are listed by --about (table in README.md, "Settings").
 
 \b
 Usual commands:
   tap-smartcar-connections --about --format=markdown    settings and capabilities
   tap-smartcar-connections --config config.json --discover > catalog.json
-  tap-smartcar-connections --config config.json --test  check the credentials and URLs
+  tap-smartcar-connections --config config.json --test  check credentials and URLs
   tap-smartcar-connections --config config.json --state state.json > out.jsonl
 """
 
 
 class TapSmartcarConnections(Tap):
-    """Extract every vehicle connection of a Smartcar application (API v2 or v3)."""
+    """Extract every vehicle connection of a Smartcar application, from API v2 or v3."""
 
     name = "tap-smartcar-connections"
     message_writer_class = Writer

@@ -118,11 +118,12 @@ def _run(
 
 
 @contextlib.contextmanager
-def running_postgres() -> t.Iterator[Postgres]:
+def running_postgres(timezone: str = "UTC") -> t.Iterator[Postgres]:
     """Start a throwaway cluster, yield it, then stop it and delete its files.
 
     As root the cluster is created and run as the `postgres` user (PostgreSQL refuses to run
-    as root), in a directory that user owns.
+    as root), in a directory that user owns. `timezone` is the server's: the session time
+    zone of every client that does not choose its own.
     """
     bindir = find_bindir()
     if bindir is None:
@@ -146,7 +147,7 @@ def running_postgres() -> t.Iterator[Postgres]:
     server = Postgres(bindir=bindir, port=port)
     options = (
         f"-c listen_addresses=127.0.0.1 -p {port} -k {root} "
-        "-c timezone=UTC -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        f"-c timezone={timezone} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     )
     try:
         initdb: list[str | Path] = [bindir / "initdb", "-D", data, "-U", USER]
@@ -168,8 +169,12 @@ def running_postgres() -> t.Iterator[Postgres]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+SERVER_TIME_ZONE = "America/New_York"
+"""Not UTC, as many servers are not: every load must still store the tap's UTC timestamps."""
+
+
 @pytest.fixture(scope="session")
 def postgres() -> t.Iterator[Postgres]:
-    """A throwaway PostgreSQL server for the whole session."""
-    with running_postgres() as server:
+    """A throwaway PostgreSQL server for the whole session, in a time zone other than UTC."""
+    with running_postgres(SERVER_TIME_ZONE) as server:
         yield server

@@ -12,8 +12,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import typing as t
 import uuid
 from dataclasses import dataclass
@@ -32,7 +34,12 @@ from smartcar_simulator import (
 from tap_smartcar_connections.timestamps import normalize_timestamp
 
 from .conftest import ROOT, TOKEN
-from .postgres import PASSWORD, Postgres, postgres  # noqa: F401  (the session fixture)
+from .postgres import (  # noqa: F401  (postgres: the session fixture)
+    PASSWORD,
+    SERVER_TIME_ZONE,
+    Postgres,
+    postgres,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -167,6 +174,7 @@ def test_meltano_yml_needs_no_hub_and_defines_the_schedules() -> None:
     for plugin in [*extractors.values(), *loaders.values()]:
         assert "inherit_from" in plugin or {"namespace", "pip_url"} <= plugin.keys()
     assert loaders["target-postgres"]["pip_url"] == "meltanolabs-target-postgres==0.8.1"
+    assert loaders["target-postgres"]["env"] == {"PGTZ": "UTC"}  # see the time zone test
     assert loaders["target-jsonl"]["pip_url"].startswith("target-jsonl==")
     # duckdb >= 1.3 makes target-duckdb 0.8.0 drop the first row of every batch.
     assert loaders["target-duckdb"]["pip_url"] == "target-duckdb==0.8.0 duckdb==1.2.2"
@@ -249,6 +257,53 @@ def test_the_connection_test_says_valid_or_invalid(meltano_project: MeltanoProje
     assert "401 AUTHENTICATION" in bad.stderr
 
 
+def verdict_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The line `meltano config test` prints after its verdict: the tap's last line, as it is."""
+    lines = proc.stderr.splitlines()
+    (index,) = [i for i, line in enumerate(lines) if "Plugin configuration is invalid" in line]
+    return lines[index + 1]
+
+
+def test_the_connection_test_shows_the_taps_error_as_a_plain_line(
+    meltano_project: MeltanoProject,
+) -> None:
+    """`meltano config test` prints the tap's last line raw: it must not be a JSON log record.
+
+    It reads the tap's stdout and stderr as one stream (`meltano run` parses stderr on its own,
+    so there the line stays a structured ERROR record: see the test after the next).
+    """
+    with SmartcarSimulator(
+        generate_connections(20, seed=2), token=TOKEN, client_secret=CLIENT_SECRET
+    ) as simulator:
+        v2 = meltano_project.run(
+            "config",
+            "test",
+            "tap-smartcar-connections",
+            env={
+                **tap_env(simulator, "config-test"),
+                "TAP_SMARTCAR_CONNECTIONS_MANAGEMENT_TOKEN": "revoked",
+            },
+        )
+        v3 = meltano_project.run(
+            "config",
+            "test",
+            "tap-smartcar-connections",
+            env={
+                **tap_env_v3(simulator, "config-test-v3"),
+                "TAP_SMARTCAR_CONNECTIONS_CLIENT_SECRET": "wrong-secret",
+            },
+        )
+
+    assert (v2.returncode, v3.returncode) == (1, 1)
+    assert verdict_line(v2).startswith(
+        "tap-smartcar-connections: error: Smartcar API error 401 AUTHENTICATION: "
+    )
+    assert verdict_line(v3).startswith(
+        "tap-smartcar-connections: error: Smartcar's token endpoint refused the client credentials"
+    )
+    assert not [line for line in (v2.stderr + v3.stderr).splitlines() if line.startswith("{")]
+
+
 def test_scheduled_runs_into_jsonl_read_only_new_connections(
     meltano_project: MeltanoProject, tmp_path: Path
 ) -> None:
@@ -292,6 +347,12 @@ def test_scheduled_runs_into_jsonl_read_only_new_connections(
     retries = [e for e in events if "retrying in" in e.get("event", "")]
     assert retries
     assert all(e["level"] == "warning" and e["name"] == "tap-smartcar-connections" for e in retries)
+    # meltano.yml selects no stream by a name that API v2 lacks (Meltano would warn about it),
+    # and the SDK's METRIC lines and environment note wait at DEBUG.
+    assert "was not found in the catalog" not in first.stderr + second.stderr
+    tap_lines = [e["event"] for e in events if e.get("name") == "tap-smartcar-connections"]
+    assert any("finished: " in line for line in tap_lines)
+    assert not [line for line in tap_lines if "METRIC" in line or "env var" in line]
 
 
 def test_stream_maps_pseudonymise_user_id_through_meltano(
@@ -346,6 +407,60 @@ def test_scheduled_incremental_runs_into_postgres(
     assert len(simulator.requests) == 2
     assert active(after) == served(simulator)
     assert len(after) == len(simulator)
+
+
+def test_postgres_stores_the_taps_utc_timestamps_whatever_the_servers_time_zone(
+    meltano_project: MeltanoProject,
+    postgres: Postgres,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """meltano.yml gives target-postgres UTC sessions (PGTZ), which nothing outside overrides.
+
+    target-postgres 0.8.1 writes the tap's `...Z` timestamps into `timestamp without time zone`
+    columns through the session's time zone: the same target without that setting, on the same
+    server, stores every row shifted by the zone's offset.
+    """
+    with SmartcarSimulator(generate_connections(30, seed=14), token=TOKEN) as simulator:
+        env = {
+            **tap_env(simulator, "time-zone"),
+            **postgres.target_env("time_zone"),
+            "PGTZ": SERVER_TIME_ZONE,  # a caller's own PGTZ does not win either
+        }
+        loaded = meltano_project.run("run", "tap-smartcar-connections", "target-postgres", env=env)
+        config = tmp_path / "tap.json"
+        config.write_text(json.dumps({"api_url": simulator.api_url, "management_token": TOKEN}))
+        messages = subprocess.run(
+            [MELTANO.with_name("tap-smartcar-connections"), "--config", config],
+            env=clean_environment(),
+            capture_output=True,
+            check=True,
+            timeout=120,
+        ).stdout
+    target = meltano_project.root / ".meltano" / "loaders" / "target-postgres" / "venv" / "bin"
+    target_config = tmp_path / "target.json"
+    target_env = postgres.target_env("time_zone_unguarded")
+    target_config.write_text(
+        json.dumps(
+            {k.removeprefix("TARGET_POSTGRES_").lower(): v for k, v in target_env.items()}
+            | {"port": postgres.port, "add_record_metadata": True}
+        )
+    )
+    unguarded = subprocess.run(
+        [target / "target-postgres", "--config", target_config],
+        input=messages,
+        env=clean_environment(),
+        capture_output=True,
+        check=False,
+        timeout=300,
+    )
+
+    assert postgres.psql("SHOW timezone") == SERVER_TIME_ZONE
+    assert loaded.returncode == 0, failed(loaded)
+    assert active(table(postgres, "time_zone")) == served(simulator)
+    assert unguarded.returncode == 0, unguarded.stderr[-3000:]
+    shifted = active(table(postgres, "time_zone_unguarded"))
+    assert len(shifted) == 30
+    assert not shifted & served(simulator)
 
 
 def tap_env_v3(simulator: SmartcarSimulator, state_suffix: str) -> dict[str, str]:
@@ -781,3 +896,261 @@ def test_an_interrupted_meltano_run_is_resumed_from_its_checkpoint_by_the_next(
     (done,) = json.loads(final.stdout)["singer_state"]["bookmarks"]["connections"]["partitions"]
     assert "checkpoint" not in done
     assert done["replication_key_value"] == max(normalize_timestamp(c["connectedAt"]) for c in rows)
+
+
+def link_checkout(root: Path) -> None:
+    """Give a project `.venv` (this virtualenv) and the simulator, as a clone has them."""
+    links = {".venv": Path(sys.prefix), "smartcar_simulator": ROOT / "smartcar_simulator"}
+    for link, target in links.items():
+        if not (root / link).exists():
+            (root / link).symlink_to(target)
+
+
+def readme_block(containing: str) -> list[str]:
+    """The command lines of the README's shell block that contains `containing`."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    (block,) = [b for b in blocks if containing in b]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_readmes_jsonl_steps_start_over(meltano_project: MeltanoProject) -> None:
+    """Deleting the file alone would leave bookmarks that load only what is new."""
+    root = meltano_project.root
+    link_checkout(root)
+    output = root / "output" / "connections.jsonl"
+    simulator = recent_simulator(200, seed=17)
+    try:
+        env = {  # no state ID suffix: the README's state ID
+            "TAP_SMARTCAR_CONNECTIONS_API_URL": simulator.api_url,
+            "TAP_SMARTCAR_CONNECTIONS_MANAGEMENT_TOKEN": TOKEN,
+        }
+        runs = [meltano_project.run("run", "tap-smartcar-connections", "target-jsonl", env=env)]
+        runs.append(meltano_project.run("run", "tap-smartcar-connections", "target-jsonl", env=env))
+        lines_before = len(output.read_text().splitlines())
+        commands = readme_block("state clear")
+        for command in commands:
+            done = subprocess.run(
+                ["bash", "-c", command],
+                cwd=root,
+                env=clean_environment(),
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert done.returncode == 0, f"{command}: {done.stderr[-2000:]}"
+        runs.append(meltano_project.run("run", "tap-smartcar-connections", "target-jsonl", env=env))
+    finally:
+        simulator.stop()
+
+    assert all(run.returncode == 0 for run in runs), [failed(run) for run in runs]
+    assert commands[0] == "rm output/connections.jsonl"
+    assert lines_before == 200  # the second run added nothing
+    reloaded = [json.loads(line) for line in output.read_text().splitlines()]
+    assert {(r["userId"], r["vehicleId"]) for r in reloaded} == {
+        (c["userId"], c["vehicleId"]) for c in simulator.connections()
+    }
+    assert len(reloaded) == 200
+
+
+DEMO_SETUP = """\
+# The tests' stand-in for scripts/setup.sh: .venv is the tests' own, already installed.
+export MELTANO_SEND_ANONYMOUS_USAGE_STATS=false
+export MELTANO_CLI_DISABLE_VERSION_CHECK=true
+"""
+WARNING_LINE = re.compile(r"\[(warning|error) *\]|Traceback|METRIC|env var", re.IGNORECASE)
+
+
+@pytest.fixture
+def demo(meltano_project: MeltanoProject) -> t.Callable[..., subprocess.CompletedProcess[str]]:
+    """`bash scripts/demo.sh ARGS` in the session's Meltano project, as from a clone.
+
+    The project holds the real demo script beside the simulator package, and `.venv` is this
+    virtualenv (the script's setup step is replaced: it would reinstall the checkout there).
+    """
+    root = meltano_project.root
+    (root / "scripts").mkdir(exist_ok=True)
+    shutil.copy(ROOT / "scripts" / "demo.sh", root / "scripts" / "demo.sh")
+    (root / "scripts" / "setup.sh").write_text(DEMO_SETUP)
+    link_checkout(root)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["bash", "scripts/demo.sh", *args],
+            cwd=root,
+            env=clean_environment(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert proc.returncode == 0, failed(proc)
+        # Nothing a person cannot act on: no WARNING or ERROR, no METRIC line, no traceback.
+        assert not [line for line in proc.stderr.splitlines() if WARNING_LINE.search(line)]
+        return proc
+
+    return run
+
+
+def test_the_jsonl_demo_starts_over_when_its_file_is_gone(
+    meltano_project: MeltanoProject,
+    demo: t.Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    output = meltano_project.root / "output" / "simulator"
+
+    first = demo("target-jsonl")
+    again = demo("target-jsonl")
+    (output / "connections.jsonl").unlink()
+    restarted = demo("target-jsonl")
+
+    def loaded(proc: subprocess.CompletedProcess[str]) -> tuple[int, int]:
+        match = re.search(
+            r"Loaded (\d+) connections this run .* \((\d+) rows in the file\)", proc.stdout
+        )
+        assert match, proc.stdout
+        return int(match[1]), int(match[2])
+
+    assert loaded(first) == (1000, 1000)
+    assert loaded(again) == (0, 1000)
+    assert "resetting this pipeline's bookmarks" not in again.stderr
+    assert "No output/simulator/connections.jsonl yet: resetting" in restarted.stderr
+    assert loaded(restarted) == (1000, 1000)
+    assert len((output / "connections.jsonl").read_text().splitlines()) == 1000
+
+
+def test_the_duckdb_demo_of_either_api_version_loads_every_table(
+    demo: t.Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    v2 = demo()
+    v3 = demo("--api", "v3")
+
+    for proc in (v2, v3):
+        assert "Smartcar simulator listening on" in proc.stdout
+        assert "API v2 at /v2.0, API v3 at /vehicle/v3" in proc.stdout
+        assert "1000 rows in table connections, 1000 distinct (userId, vehicleId)" in proc.stdout
+    assert "rows in table webhooks" not in v2.stdout
+    assert "(API v3)" in v3.stdout
+    assert "3 rows in table webhooks" in v3.stdout
+    assert "6 rows in table subscriptions" in v3.stdout
+
+
+def test_a_ctrl_c_on_meltano_run_into_duckdb_keeps_its_written_batches_and_the_next_run_resumes(
+    meltano_project: MeltanoProject, tmp_path: Path
+) -> None:
+    """Ctrl-C signals Meltano, the tap and the target at once, as a terminal does.
+
+    target-duckdb hands Meltano a STATE only when it writes a batch, so what an interrupted run
+    keeps is its batches written so far: with meltano.yml's `batch_size_rows`, the next run
+    resumes from the last of them instead of reading every page again.
+    """
+    loaders = yaml.safe_load((ROOT / "meltano.yml").read_text())["plugins"]["loaders"]
+    (duckdb,) = [loader for loader in loaders if loader["name"] == "target-duckdb"]
+    batch = duckdb["config"]["batch_size_rows"]
+    start = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=1)
+    rows = generate_connections(50 * 100, seed=15, modes=("live",), start=start)
+    database = tmp_path / "smartcar.duckdb"
+    env = {
+        **clean_environment(),
+        "TAP_SMARTCAR_CONNECTIONS_MODES": '["live"]',
+        "TARGET_DUCKDB_FILEPATH": str(database),
+    }
+    with SmartcarSimulator(rows, token=TOKEN) as simulator:
+        env |= tap_env(simulator, "ctrl-c")
+        simulator.faults.latency = 0.1  # 50 pages in about 5 s
+        interrupted = subprocess.Popen(
+            [MELTANO, "run", "tap-smartcar-connections", "target-duckdb"],
+            cwd=meltano_project.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group, which the signal goes to
+        )
+        deadline = time.monotonic() + 120
+        while len(simulator.requests) < 2 * batch // 100 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        read_before = len(simulator.requests)
+        os.killpg(interrupted.pid, signal.SIGINT)
+        output, _ = interrupted.communicate(timeout=120)
+        kept = len(duckdb_connections(meltano_project, database))
+        saved = meltano_project.run(
+            "state", "get", "dev:tap-smartcar-connections-to-target-duckdb:ctrl-c", env=env
+        )
+        simulator.faults.latency = 0
+        simulator.clear_log()
+        resumed = meltano_project.run("run", "tap-smartcar-connections", "target-duckdb", env=env)
+        read_after = len(simulator.requests)
+        loaded = duckdb_connections(meltano_project, database)
+
+    assert 2 * batch // 100 <= read_before < 50, "the signal came after the run had finished"
+    assert interrupted.returncode != 0, output[-3000:]
+    assert "stopped by SIGINT" in output
+    assert kept >= batch
+    (partition,) = json.loads(saved.stdout)["singer_state"]["bookmarks"]["connections"][
+        "partitions"
+    ]
+    assert "checkpoint" in partition
+    assert resumed.returncode == 0, failed(resumed)
+    # The head page, then on from the last written batch's page: not all 50 pages again.
+    assert read_after <= 50 - kept // 100 + 2, read_after
+    assert sorted(loaded) == sorted(served(simulator))
+
+
+def test_stopping_the_tap_alone_lets_target_jsonl_save_its_state_and_the_next_run_resume(
+    meltano_project: MeltanoProject, tmp_path: Path
+) -> None:
+    """target-jsonl writes its STATE only at the end of its input, so a Ctrl-C keeps none.
+
+    Stopping the tap alone (SIGTERM, as the docs say) ends the target's input instead: it
+    writes the last STATE it had, Meltano saves it, and the next run goes on from there.
+    """
+    start = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=1)
+    rows = generate_connections(50 * 100, seed=16, modes=("live",), start=start)
+    output = tmp_path / "connections.jsonl"
+    env = {
+        **clean_environment(),
+        "TAP_SMARTCAR_CONNECTIONS_MODES": '["live"]',
+        "TARGET_JSONL_DESTINATION_PATH": str(tmp_path),
+    }
+    with SmartcarSimulator(rows, token=TOKEN) as simulator:
+        env |= tap_env(simulator, "stop-the-tap")
+        simulator.faults.latency = 0.1
+        run = subprocess.Popen(
+            [MELTANO, "run", "tap-smartcar-connections", "target-jsonl"],
+            cwd=meltano_project.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (
+            not output.exists() or len(output.read_bytes().splitlines()) < 2000
+        ):
+            time.sleep(0.02)
+        taps = subprocess.run(
+            ["pgrep", "-g", str(run.pid), "-f", "bin/tap-smartcar-connections"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        for pid in taps:
+            os.kill(int(pid), signal.SIGTERM)
+        output_text, _ = run.communicate(timeout=120)
+        written = len(output.read_text().splitlines())
+        simulator.faults.latency = 0
+        simulator.clear_log()
+        resumed = meltano_project.run("run", "tap-smartcar-connections", "target-jsonl", env=env)
+        read_after = len(simulator.requests)
+
+    assert len(taps) == 1
+    assert "stopped by SIGTERM" in output_text
+    assert 2000 <= written < 5000
+    assert resumed.returncode == 0, failed(resumed)
+    assert read_after <= 50 - written // 100 + 2, read_after
+    loaded = [json.loads(line) for line in output.read_text().splitlines()]
+    assert {(r["userId"], r["vehicleId"]) for r in loaded} == {
+        (c["userId"], c["vehicleId"]) for c in rows
+    }
+    assert len(loaded) <= len(rows) + 100  # at most the page being read again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import os
 import subprocess
@@ -140,9 +141,14 @@ def test_readme_settings_table_is_the_about_markdown_table() -> None:
     assert table in (ROOT / "README.md").read_text()
 
 
-def test_meltano_yml_selects_every_stream_of_either_api_version() -> None:
+def test_meltano_yml_selects_every_stream_of_either_api_version_and_names_none() -> None:
+    """Each version's streams are selected by a pattern, none by its name alone.
+
+    Meltano warns on every run about a selected stream name the catalog lacks (under v2,
+    `webhooks` and `subscriptions`); a rule with a wildcard it never warns about.
+    """
     project = yaml.safe_load((ROOT / "meltano.yml").read_text())
-    selected = {rule.removesuffix(".*") for rule in project["plugins"]["extractors"][0]["select"]}
+    rules = [rule.split(".", 1)[0] for rule in project["plugins"]["extractors"][0]["select"]]
     streams = {
         version: {s.name for s in TapSmartcarConnections(config=config).streams.values()}
         for version, config in {
@@ -152,4 +158,7 @@ def test_meltano_yml_selects_every_stream_of_either_api_version() -> None:
     }
 
     assert streams["v2"] == {"connections"}
-    assert selected == streams["v3"] == {"connections", "webhooks", "subscriptions"}
+    assert streams["v3"] == {"connections", "webhooks", "subscriptions"}
+    assert all("*" in rule for rule in rules), rules
+    for names in streams.values():
+        assert {n for n in names if any(fnmatch.fnmatchcase(n, r) for r in rules)} == names

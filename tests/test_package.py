@@ -66,7 +66,8 @@ def test_the_wheel_has_complete_metadata(dist: Path) -> None:
     assert "Apache License" in license_text
     assert "Version 2.0" in license_text
     assert meta["Requires-Python"] == ">=3.11"
-    assert "Programming Language :: Python :: 3.11" in meta.get_all("Classifier", [])
+    for version in ("3.11", "3.12", "3.13"):
+        assert f"Programming Language :: Python :: {version}" in meta.get_all("Classifier", [])
     assert {"singer", "meltano", "smartcar"} <= set(meta["Keywords"].split(","))
     assert set(urls) == {"Homepage", "Documentation", "Repository", "Issues"}
     assert all(u.startswith(urls["Repository"]) for u in urls.values())
@@ -100,6 +101,10 @@ def test_the_sdist_holds_what_a_rebuild_and_the_tests_need(dist: Path) -> None:
         "smartcar_simulator/server.py",
         "tests/conftest.py",
         "hub/extractors/tap-smartcar-connections/smartcar-connections.yml",
+        "CHANGELOG.md",
+        "docs/incremental-and-resume.md",
+        ".github/workflows/ci.yml",
+        ".github/workflows/release.yml",
     } <= names
 
 

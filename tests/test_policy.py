@@ -31,6 +31,7 @@ from tap_smartcar_connections.policy import (
     FAILURE_POLICY,
     FIRST_CONTACT_SECONDS,
     RETRY_BASE_SECONDS,
+    RETRY_CAP_SECONDS,
     STILL_FAILING,
     Clock,
     Happened,
@@ -440,7 +441,10 @@ def test_every_row_of_the_failure_policy_does_what_it_says(
     assert "ChunkedEncodingError" not in run.stderr
     if retry is Retry.BUDGET:  # the first three waits (1 + 2 + 4 s at most) leave room
         assert attempts > BODY_ATTEMPTS
-    if retry is Retry.BUDGET and scenario.budget > FIRST_CONTACT_SECONDS * 2:
+        # The budget was spent: the longest wait the next try could have drawn did not fit.
+        ceiling = min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempts - 1))
+        assert sum(run.sleeps) + ceiling > scenario.budget
+    if retry is Retry.BUDGET and scenario.budget > 3 * RETRY_CAP_SECONDS:
         assert sum(run.sleeps) > FIRST_CONTACT_SECONDS
     if retry is Retry.FEW:
         assert attempts == BODY_ATTEMPTS

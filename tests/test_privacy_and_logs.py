@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
+import re
 import typing as t
 from pathlib import Path
 
 import pytest
+from singer_sdk.metrics import METRICS_LOGGER_NAME
 
 from smartcar_simulator import SmartcarSimulator
+from tap_smartcar_connections.logs import demote_sdk_chatter
 
 from .conftest import TOKEN, Run, run_cli, sync
 
@@ -103,10 +107,10 @@ def parse_log(stderr: str) -> tuple[list[dict[str, t.Any]], list[str]]:
     return records, others
 
 
-def run_structured(tmp_path: Path, config: dict[str, t.Any]) -> Run:
-    """Run the CLI with the SDK's structured (JSON) logging configured."""
+def run_structured(tmp_path: Path, config: dict[str, t.Any], level: str = "INFO") -> Run:
+    """Run the CLI with the SDK's structured (JSON) logging configured, as Meltano does."""
     log_config = tmp_path / "logging.yaml"
-    log_config.write_text(STRUCTURED_LOGGING)
+    log_config.write_text(STRUCTURED_LOGGING.replace("level: INFO", f"level: {level}"))
     return run_cli(tmp_path, config, env={"SINGER_SDK_LOG_CONFIG": str(log_config)})
 
 
@@ -125,9 +129,30 @@ def test_structured_logging_emits_one_json_object_per_line_without_secrets(
     retries = [r for r in records if "retrying in" in r["message"]]
     assert retries
     assert all(r["level"] == "warning" for r in retries)
-    metrics = {r["metric_info"]["metric"] for r in records if "metric_info" in r}
-    assert {"http_request_count", "record_count"} <= metrics
+    assert not [r for r in records if "metric_info" in r]  # at DEBUG: see the next test
     assert not any(secret in run.stderr for secret in SECRETS)
+
+
+def test_the_sdks_metrics_and_notes_are_logged_at_debug_only(
+    tmp_path: Path, simulator: SmartcarSimulator, config: dict[str, t.Any]
+) -> None:
+    """At INFO a person sees what is read, progress and warnings; the metrics wait at DEBUG."""
+    info = run_structured(tmp_path, config)
+    debug = run_structured(tmp_path, config, level="DEBUG")
+
+    assert (info.exit_code, debug.exit_code) == (0, 0), info.stderr + debug.stderr
+    at_info, _ = parse_log(info.stderr)
+    at_debug, _ = parse_log(debug.stderr)
+    shown = [r["message"] for r in at_info]
+    assert any("Starting incremental sync of 'connections'" in m for m in shown)
+    assert any(re.match(r'Connections \{"mode": "live"\} finished: ', m) for m in shown)
+    assert not [m for m in shown if "METRIC" in m or "env var" in m]
+    metrics = [r for r in at_debug if "metric_info" in r]
+    assert {r["metric_info"]["metric"] for r in metrics} >= {"http_request_count", "record_count"}
+    assert {r["level"] for r in metrics} == {"debug"}
+    notes = [r for r in at_debug if r["message"] == "Skipping parse of env var settings..."]
+    assert notes
+    assert {r["level"] for r in notes} == {"debug"}
 
 
 def test_a_failed_run_under_structured_logging_names_the_error_without_secrets(
@@ -145,3 +170,29 @@ def test_a_failed_run_under_structured_logging_names_the_error_without_secrets(
     assert "401 AUTHENTICATION" in errors[0]["message"]
     assert "Traceback" not in run.stderr
     assert not any(secret in run.stderr for secret in SECRETS)
+
+
+def test_only_the_sdks_chatter_is_demoted(caplog: pytest.LogCaptureFixture) -> None:
+    """The tap's own INFO records stay at INFO, whatever their message is (even not a string)."""
+    logger = logging.getLogger("tap-demote-test")
+    demote_sdk_chatter("tap-demote-test")
+    demote_sdk_chatter("tap-demote-test")  # idempotent: one filter each
+
+    with caplog.at_level(logging.INFO):
+        logger.info("Skipping parse of env var settings...")
+        logger.info({"a": "dict as the message"})
+        logger.info("Connections finished")
+        logging.getLogger(METRICS_LOGGER_NAME).info("METRIC: %s", "point")
+    at_info = [(r.levelname, r.msg) for r in caplog.records]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        logger.info("Skipping parse of env var settings...")
+        logging.getLogger(METRICS_LOGGER_NAME).info("METRIC: %s", "point")
+    at_debug = [(r.levelname, r.msg) for r in caplog.records]
+
+    assert at_info == [("INFO", {"a": "dict as the message"}), ("INFO", "Connections finished")]
+    assert at_debug == [
+        ("DEBUG", "Skipping parse of env var settings..."),
+        ("DEBUG", "METRIC: %s"),
+    ]
+    assert len(logger.filters) == 1

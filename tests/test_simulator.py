@@ -782,7 +782,10 @@ def test_command_line_serves_until_sigterm(tmp_path: Path) -> None:
         stdout, stderr = proc.communicate(timeout=20)
 
     assert proc.returncode == 0, stderr
-    assert stdout == f"Smartcar simulator listening on {url} (40 connections)\n"
+    assert stdout == (
+        f"Smartcar simulator listening on {root} (40 connections): API v2 at /v2.0,"
+        " API v3 at /vehicle/v3 and /management/v3 (token at /oauth2/token)\n"
+    )
 
 
 def test_command_line_serves_a_data_file_with_faults(tmp_path: Path) -> None:
@@ -794,11 +797,11 @@ def test_command_line_serves_a_data_file_with_faults(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        url = re.fullmatch(r"Smartcar simulator listening on (\S+) \(1 connections\)\n", line)
+        url = re.fullmatch(r"Smartcar simulator listening on (\S+) \(1 connections\): .*\n", line)
         assert url, line
         auth = ("default", "sim-token")
-        first = requests.get(f"{url[1]}/management/connections", auth=auth, timeout=10)
-        second = requests.get(f"{url[1]}/management/connections", auth=auth, timeout=10)
+        first = requests.get(f"{url[1]}/v2.0/management/connections", auth=auth, timeout=10)
+        second = requests.get(f"{url[1]}/v2.0/management/connections", auth=auth, timeout=10)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=20)
