@@ -39,7 +39,7 @@ for version in "${versions[@]}"; do
   if [ ! -x "$venv/bin/python" ]; then "$python" -m venv "$venv"; fi
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
-  if ! "$venv/bin/python" -m pytest -m "not e2e" "$@"; then status=1; fi
+  if ! "$venv/bin/python" -m pytest -m "not e2e" -n 4 --dist loadgroup "$@"; then status=1; fi
   echo "test-pythons: Python $version done in $((SECONDS - start)) s" >&2
 done
 exit $status
