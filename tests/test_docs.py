@@ -18,8 +18,7 @@ def test_help_and_about_speak_of_both_api_versions() -> None:
     assert "API v2 (the default): the Management API v2.0, with management_token" in help_text
     assert "API v3 (api_version v3): with client_id and client_secret" in help_text
     assert "--test  check credentials and URLs" in help_text  # not "token and api_url"
-    assert "Smartcar application, from API v2 or v3." in description
-    assert "with `api_version: v3`, Smartcar API v3" in description
+    assert description.endswith("Smartcar application, from API v2 or v3.")
 
 
 README = ROOT / "README.md"
