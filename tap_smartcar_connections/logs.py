@@ -40,7 +40,16 @@ class _DemoteToDebug(logging.Filter):
         ):
             return True
         record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
-        return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return debug_is_logged()
+
+
+def debug_is_logged() -> bool:
+    """Whether DEBUG records are logged at all, and so the demoted ones shown.
+
+    A metric the tap logs itself is not even made when it would be dropped: every log record is
+    redacted (formatted) as it is made, which would cost more than the request it measures.
+    """
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 def demote_sdk_chatter(tap_logger_name: str) -> None:

@@ -48,7 +48,7 @@ class Redactor:
         """Start with `secrets` (the configured credentials)."""
         self._whole: set[str] = set()
         self._runs: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
+        self._patterns: tuple[re.Pattern[str], re.Pattern[str]] | None = None
         for secret in secrets:
             self.add(secret)
 
@@ -68,7 +68,7 @@ class Redactor:
             self._runs.update(
                 form[i : i + MIN_RUN] for form in forms for i in range(len(form) - MIN_RUN + 1)
             )
-        self._pattern = None
+        self._patterns = None
 
     def redact(self, text: str) -> str:
         """`text` without any secret, any `MIN_RUN`-character run of one, or any auth value.
@@ -85,13 +85,18 @@ class Redactor:
         return _AUTH_VALUE.sub(rf"\1 {REDACTED}", text)
 
     def _redact_runs(self, text: str) -> str:
-        """Replace each stretch of `text` made of overlapping secret runs with `REDACTED`."""
-        if self._pattern is None:
+        """Replace each stretch of `text` made of overlapping secret runs with `REDACTED`.
+
+        A plain search first: it rejects a clean text several times faster than the lookahead
+        that finds every overlapping run, and nearly every log line is clean.
+        """
+        if self._patterns is None:
             alternatives = "|".join(re.escape(run) for run in sorted(self._runs))
-            self._pattern = re.compile(f"(?=({alternatives}))")
-        starts = [match.start() for match in self._pattern.finditer(text)]
-        if not starts:
+            self._patterns = re.compile(alternatives), re.compile(f"(?=({alternatives}))")
+        any_run, every_run = self._patterns
+        if not any_run.search(text):
             return text
+        starts = [match.start() for match in every_run.finditer(text)]
         covered = [False] * len(text)
         for start in starts:
             covered[start : start + MIN_RUN] = [True] * MIN_RUN

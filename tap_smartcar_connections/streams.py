@@ -25,6 +25,7 @@ from singer_sdk.streams import RESTStream
 from typing_extensions import override
 
 from tap_smartcar_connections.errors import DownstreamError, SmartcarError
+from tap_smartcar_connections.logs import debug_is_logged
 from tap_smartcar_connections.timestamps import stamp_of
 from tap_smartcar_connections.walk import Course, DryRun, Walk
 
@@ -281,7 +282,12 @@ class SmartcarStream(RESTStream[str]):
         return self.run.requester.send(self.authorize(request), self.endpoint, self._observe)
 
     def _observe(self, response: requests.Response) -> None:
-        """Log the SDK's `http_request_duration` metric for a response."""
+        """Log the SDK's `http_request_duration` metric for a response, when it is shown.
+
+        Metrics are logged at DEBUG (`logs.py`): unless DEBUG is logged, the point is not made.
+        """
+        if not debug_is_logged():
+            return
         metrics.log(
             self.metrics_logger,
             metrics.Point(

@@ -43,6 +43,7 @@ def test_the_readme_reads_in_five_minutes() -> None:
         "The streams",
         "Loading into your warehouse",
         "Troubleshooting",
+        "Development",
         "More",
     ]
 

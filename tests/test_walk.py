@@ -29,6 +29,7 @@ from .test_v3_hostile import (  # noqa: F401  (the `scripted` fixture)
     empty_lists,
     scripted,
     v3_list,
+    v3_settings,
 )
 
 SIZE = 100
@@ -40,20 +41,6 @@ def sim250() -> t.Iterator[SmartcarSimulator]:
     data = generate_connections(250, seed=7, modes=("live",))
     with SmartcarSimulator(data, token=TOKEN) as simulator:
         yield simulator
-
-
-def v3_config(sim: SmartcarSimulator, **extra: t.Any) -> dict[str, t.Any]:
-    return {
-        "api_version": "v3",
-        "client_id": sim.client_id,
-        "client_secret": sim.client_secret,
-        "v3_token_url": sim.v3_token_url,
-        "v3_vehicle_api_url": sim.v3_vehicle_api_url,
-        "v3_management_api_url": sim.v3_management_api_url,
-        "modes": ["live"],
-        "max_retry_seconds": 0,
-        **extra,
-    }
 
 
 def keys(records: t.Iterable[dict[str, t.Any]]) -> set[tuple[str, str]]:
@@ -97,7 +84,7 @@ def test_a_checkpoint_past_the_end_of_the_list_is_stale_and_the_mode_read_from_t
     partition = {"context": {"mode": "live"}, "api_version": "v3", "checkpoint": checkpoint}
     state = {"bookmarks": {"connections": {"partitions": [partition]}}}
 
-    run = sync(v3_config(sim250), state)
+    run = sync(v3_settings(sim250, modes=["live"], max_retry_seconds=0), state)
 
     assert keys(served[SIZE:]) <= keys(r for r in run.records if "connectionId" in r)
     warned = [r.getMessage() for r in caplog.records if "cannot be used" in r.getMessage()]
