@@ -106,11 +106,25 @@ def _check_input_files(argv: list[str]) -> None:
         except (ValueError, RecursionError):
             reason = "it is not valid JSON (UTF-8)"
         else:
-            if isinstance(content, dict):
+            if not isinstance(content, dict):
+                reason = "it is not a JSON object"
+            elif kind == "catalog" and (problem := _catalog_problem(content)):
+                reason = problem
+            else:
                 continue
-            reason = "it is not a JSON object"
         msg = f"cannot use {kind} file {path}: {reason}"
         raise ConfigError(msg)
+
+
+def _catalog_problem(content: dict[str, t.Any]) -> str | None:
+    """What keeps the SDK from reading `content` as a Singer catalog, or None."""
+    from singer_sdk.singerlib import Catalog  # noqa: PLC0415  (after the signal handlers)
+
+    try:
+        Catalog.from_dict(content)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        return f"it is not a Singer catalog ({type(exc).__name__})"
+    return None
 
 
 def _check_state_file(argv: list[str], check: t.Callable[[t.Any], None]) -> list[str]:

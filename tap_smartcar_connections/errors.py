@@ -40,10 +40,14 @@ class ApiError(SmartcarError):
 class Refused(ApiError):
     """The API answered a client error (4xx) that waiting cannot fix."""
 
-    def __init__(self, message: str, status: int) -> None:
-        """Keep the status, so that a walk can tell a refused checkpoint from a bad setting."""
+    def __init__(self, message: str, status: int, setting: str) -> None:
+        """Keep the status and the URL setting that refused.
+
+        A walk tells a refused checkpoint from a bad setting, or refused credentials, by them.
+        """
         super().__init__(message)
         self.status = status
+        self.setting = setting
 
 
 class DownstreamError(SmartcarError):

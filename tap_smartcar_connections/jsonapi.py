@@ -22,7 +22,7 @@ if t.TYPE_CHECKING:
     from collections.abc import Callable
 
 T = t.TypeVar("T")
-CREATION_ORDER = frozenset({None, "createdAt", "meta.createdAt"})
+CREATION_ORDER = frozenset({msgspec.UNSET, None, "createdAt", "meta.createdAt"})
 """`meta.orderBy` values that mean newest first by creation, with `orderDirection: desc`
 (absent means the documented default, "sorted by connection date")."""
 
@@ -125,7 +125,11 @@ def _check_next(response: requests.Response, link: str, number: int) -> None:
         BrokenBody: If it points elsewhere, or to another page.
     """
     here = urlsplit(str(response.request.url or ""))
-    target = urlsplit(urljoin(str(response.request.url or ""), link))
+    try:
+        target = urlsplit(urljoin(str(response.request.url or ""), link))
+    except ValueError as exc:  # an unbalanced "[" in a host, a bad port
+        msg = f"a links.next that is not a URL ({exc})"
+        raise BrokenBody(msg) from exc
     numbers = parse_qs(target.query).get("page[number]", [])
     if (target.scheme, target.netloc, target.path) != (here.scheme, here.netloc, here.path) or (
         numbers != [str(number + 1)]

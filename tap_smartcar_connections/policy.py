@@ -2,7 +2,10 @@
 
 Every failure is classified by what happened, whichever request it hit (a data page, the v3
 token endpoint, the first request of a run or the thousandth), into one row of
-`FAILURE_POLICY`. The requester (`requester.py`) applies the row; nothing else decides.
+`FAILURE_POLICY`. The requester (`requester.py`) applies the row. Two answers change course
+elsewhere, because they say something about a credential or a checkpoint rather than the
+request: a 401 under API v3 renews the access token once (`v3.V3Stream.send`), and a 400 on a
+resumed walk's first page makes its checkpoint stale (`walk.Walk._fetch`).
 """
 
 from __future__ import annotations
@@ -101,7 +104,7 @@ FAILURE_POLICY: Mapping[Happened, Rule] = MappingProxyType(
         ),
         Happened.BAD_DATA: Rule(
             Retry.FEW,
-            "Smartcar API sent {summary} {attempts} times in a row; this is not transient. "
+            "Smartcar API sent {summary} {bad} times in a row; this is not transient. "
             "Report it to Smartcar support with the time of the run; the last STATE emitted "
             "is safe to resume from",
         ),

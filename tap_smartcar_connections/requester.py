@@ -65,7 +65,7 @@ class _Tries:
     began: float
     attempts: int = 0
     bad: int = 0
-    """Attempts that met a `Retry.FEW` failure (bad data, a failed TLS handshake)."""
+    """Attempts in a row that met a `Retry.FEW` failure (bad data, a failed TLS handshake)."""
 
 
 class Requester:
@@ -103,7 +103,8 @@ class Requester:
             except FAILURES as exc:
                 failure = classify(exc, self.redactor.clean, self.clock)
                 tries.attempts += 1
-                tries.bad += FAILURE_POLICY[failure.happened].retry is Retry.FEW
+                few = FAILURE_POLICY[failure.happened].retry is Retry.FEW
+                tries.bad = tries.bad + 1 if few else 0
                 wait = self._wait(failure, endpoint, tries, exc)
             self.logger.warning(
                 "Smartcar API: %s; retrying in %.1f s (attempt %d)%s",
@@ -141,6 +142,7 @@ class Requester:
         status = getattr(exc, "status", 0)
         line = ran_out.format(
             attempts=tries.attempts,
+            bad=tries.bad,
             budget=self.settings.max_retry_seconds,
             summary=failure.summary,
             setting=endpoint.setting,
@@ -152,7 +154,7 @@ class Requester:
             ),
         )
         if failure.happened is Happened.REFUSED:
-            raise Refused(line, status) from exc
+            raise Refused(line, status, endpoint.setting) from exc
         raise ApiError(line) from exc
 
     def send(

@@ -164,7 +164,6 @@ SETTINGS = th.PropertiesList(
 
 URL_SETTINGS = ("api_url", "v3_token_url", "v3_vehicle_api_url", "v3_management_api_url")
 """The settings that hold a URL: each is checked the same way."""
-SECRET_SETTINGS = ("management_token", "client_secret")
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 _CREDENTIALS = {"v2": ("management_token",), "v3": ("client_id", "client_secret")}
 

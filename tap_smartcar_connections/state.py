@@ -42,6 +42,9 @@ def check_state(state: t.Any) -> None:
             raise StateError(msg)
         for part in [entry, *partitions]:
             _check_bookmark(name, part)
+            if not isinstance(part.get("progress_markers", {}), dict):
+                msg = f"the {name} 'progress_markers' is not a JSON object"
+                raise StateError(msg)
 
 
 def _check_bookmark(stream: str, entry: dict[str, t.Any]) -> None:

@@ -8,6 +8,7 @@ RECORD messages and decides when ACTIVATE_VERSION may follow. Each API version (
 from __future__ import annotations
 
 import importlib.metadata
+import operator
 import sys
 import typing as t
 from dataclasses import dataclass
@@ -313,13 +314,16 @@ class SmartcarStream(RESTStream[str]):
     def course(self) -> Course:
         """What this stream's walks share."""
         settings = self.run.settings
+        primary_key = operator.itemgetter(*self.primary_keys)
         return Course(
             paging=self.paging(),
+            dedupe=lambda record: hash(primary_key(record)),
             stamp=self.replication_key,
             api_version=self.API_VERSION,
             page_size=settings.page_size,
             start_date=settings.start_date,
             started=self.run.started,
+            setting=self.endpoint.setting,
         )
 
     @override

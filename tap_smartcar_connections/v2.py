@@ -10,11 +10,10 @@ import requests
 from typing_extensions import override
 
 from tap_smartcar_connections.errors import BrokenBody
-from tap_smartcar_connections.pages import Page, check_ids
+from tap_smartcar_connections.pages import Page, check_ids, stamps
 from tap_smartcar_connections.paging import CursorPaging, Paging
 from tap_smartcar_connections.requester import Endpoint
 from tap_smartcar_connections.streams import CONNECTION_SCHEMA, SmartcarStream
-from tap_smartcar_connections.timestamps import normalize_timestamps
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable
@@ -135,11 +134,11 @@ class V2ConnectionsStream(SmartcarStream):
         """
         try:
             page = _PAGE_DECODER.decode(response.content)
-            items = page.connections
-            stamps = normalize_timestamps([item.connected_at for item in items])
-        except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             msg = f"a body that is not the expected connections JSON ({exc})"
             raise BrokenBody(msg) from exc
+        items = page.connections
+        connected = stamps([item.connected_at for item in items])
         cursor = page.paging.cursor if isinstance(page.paging, _Paging) else msgspec.UNSET
         if cursor is msgspec.UNSET or cursor == "":
             # Only an explicit null proves the last page; a proxy or a bug may drop `paging`.
@@ -154,6 +153,6 @@ class V2ConnectionsStream(SmartcarStream):
                 "connectedAt": stamp,
                 "mode": item.mode,
             }
-            for item, stamp in zip(items, stamps, strict=True)
+            for item, stamp in zip(items, connected, strict=True)
         ]
         return Page(records, cursor)

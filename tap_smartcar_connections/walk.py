@@ -53,6 +53,8 @@ REREADS = 2
 """How often a walk over shifting pages is read again when the list changed under it."""
 PROGRESS_SECONDS = 60.0
 """A walk logs its progress at least this often."""
+IDENTITY_MASK = (1 << 64) - 1
+"""An item's id hash as a non-negative number, kept above the pass and sent bits."""
 
 
 class Ending(enum.Enum):
@@ -273,6 +275,10 @@ class Course:
     start_date: str
     started: str
     """The run's start: no bookmark moves past it."""
+    setting: str
+    """The setting holding the list's URL: a 400 from there refuses a resumed page token."""
+    dedupe: Callable[[t.Mapping[str, t.Any]], int] = hash
+    """An item's primary key as a number (what a target upserts on), where pages shift."""
     key: Callable[[t.Mapping[str, t.Any]], str] = key_digest
     """What the state keeps of an item at the bookmark instant (ties)."""
 
@@ -318,7 +324,9 @@ class Walk:
         self.subject = "this mode" if isinstance(context, dict) and "mode" in context else "it"
         """How messages name the partition: modes are what a user configures."""
         self.seen: dict[int, int] | None = {} if course.paging.shifts else None
-        """Where pages shift: each item read in the run, as `pass number << 1 | sent`."""
+        """Where pages shift, per primary key read in the run: `id << 8 | pass << 1 | sent`."""
+        self.others: dict[int, int] = {}
+        """Items read under a key whose first item was another (see `_note`): id -> pass."""
         self.passes = 0
         if state is not None and not self.settles:
             state = self.state = copy.deepcopy(state)  # a dry run's reading changes nothing
@@ -469,7 +477,7 @@ class Walk:
         try:
             return self.source.fetch(self.context, token)
         except Refused as exc:
-            if resumed and exc.status == 400:
+            if resumed and exc.status == 400 and exc.setting == self.course.setting:
                 raise StaleCheckpoint(f"the API refused its page token: {exc}") from exc
             raise
 
@@ -491,30 +499,61 @@ class Walk:
         current.total = page.total
 
     def _read_in(self, current: Pass, record: dict[str, t.Any]) -> bool:
-        """Whether `record` was already read in the pass `current`."""
-        code = None if self.seen is None else self.seen.get(self.course.paging.identity(record))
-        return code is not None and code >> 1 == current.number
+        """Whether `record` (this very item, by its own id) was already read in `current`."""
+        if self.seen is None:
+            return False
+        code = self.seen.get(self.course.dedupe(record))
+        ident = self.course.paging.identity(record) & IDENTITY_MASK
+        if code is not None and code >> 8 == ident:
+            return (code >> 1) & 0x7F == current.number
+        return self.others.get(ident) == current.number
 
-    def _emit(  # noqa: PLR0912
+    def _note(self, current: Pass, record: dict[str, t.Any]) -> tuple[bool, bool, int]:
+        """Note that `record` was read in `current`, where pages shift.
+
+        Per primary key (what a target upserts on) the run keeps the first item read under it
+        (its own id), the pass that last read it and whether the key was sent: an item is sent
+        once per run, and no later connection under a key already sent replaces the newer one
+        in the target. The rare other items under a key read before are kept by their own id
+        (`others`), so that each counts, once, against `meta.totalCount`.
+
+        Returns:
+            Whether the item is new to the pass, whether its key was sent, and the key.
+        """
+        assert self.seen is not None
+        item = self.course.dedupe(record)
+        ident = self.course.paging.identity(record) & IDENTITY_MASK
+        code = self.seen.get(item)
+        if code is None or code >> 8 == ident:
+            new = code is None or (code >> 1) & 0x7F != current.number
+            sent = code is not None and bool(code & 1)
+            self.seen[item] = ident << 8 | current.number << 1 | sent
+        else:
+            new = self.others.get(ident) != current.number
+            sent = bool(code & 1)
+            self.others[ident] = current.number
+        current.read += new
+        return new, sent, item
+
+    def _emit(
         self, current: Pass, records: list[dict[str, t.Any]], above: str
     ) -> Generator[dict[str, t.Any], None, tuple[bool, int, str]]:
         """Yield what the pass sends of one page's records, noting order, ties and the newest.
 
         Returns:
-            Whether an item below the floor was reached, how many items were new to the pass,
-            and what is still to be skipped above a resumed walk's last instant.
+            Whether an item below the floor was reached, how many items were new to the pass
+            (every item, where pages do not shift), and what is still to be skipped above a
+            resumed walk's last instant.
         """
-        stamp_field, seen, identity = self._stamp, self.seen, self.course.paging.identity
-        floor, skip, started, number = (
-            current.floor,
-            current.skip,
-            self.course.started,
-            current.number,
-        )
+        stamp_field, seen = self._stamp, self.seen
+        floor, skip, started = current.floor, current.skip, self.course.started
         previous, newest, keys = current.last, current.newest, current.newest_keys
         reached, fresh = False, 0 if seen is not None else len(records)
         for record in records:
             stamp = record[stamp_field] if stamp_field else ""
+            if seen is not None:
+                new, sent, item = self._note(current, record)
+                fresh += new
             if above:
                 if stamp > above:
                     continue  # read before the interruption, shifted down since
@@ -523,15 +562,6 @@ class Walk:
                 current.unordered = True
                 self._warn_unordered(current.pages, stamp, previous)
             previous = stamp
-            sent = False
-            if seen is not None:
-                item = identity(record)
-                code = seen.get(item)
-                if code is None or code >> 1 != number:
-                    current.read += 1
-                    fresh += 1
-                sent = code is not None and bool(code & 1)
-                seen[item] = number << 1 | sent
             if stamp < floor:
                 reached = True
                 continue
@@ -545,7 +575,7 @@ class Walk:
                     newest, keys = stamp, set()
                 keys.add(key or self.course.key(record))
             if seen is not None:
-                seen[item] = number << 1 | 1
+                seen[item] |= 1
                 if sent:
                     continue
             current.records += 1
@@ -619,14 +649,16 @@ class Walk:
     def _floor(self) -> tuple[str, frozenset[str]]:
         """Where the walk stops, and the keys already sent at that instant.
 
-        The floor is the bookmark, or `start_date`, or "" to read to the last page.
+        The floor is the later of the bookmark and `start_date` (what the SDK starts from), or
+        "" to read to the last page; the keys count only when it is the bookmark.
         """
         if self.course.stamp is None or self.state is None:
             return "", frozenset()
         mark = self.state.get("replication_key_value")
-        floor = normalize_timestamp(mark) if mark else self.course.start_date
+        bookmark = normalize_timestamp(mark) if mark else ""
+        floor = max(bookmark, self.course.start_date)
         keys = self.state.get("keys_at_bookmark")
-        if not mark or not isinstance(keys, list) or floor != normalize_timestamp(mark):
+        if not bookmark or floor != bookmark or not isinstance(keys, list):
             return floor, frozenset()
         return floor, frozenset(key for key in keys if isinstance(key, str))
 
@@ -659,7 +691,8 @@ class Walk:
         why = (
             f"page {page} has {stamp} after {before}"
             if stamp
-            else "the API does not say so (meta.orderDirection is not desc)"
+            else "the API does not say so: meta.orderDirection is not desc, or meta.orderBy is "
+            "not the creation date"
         )
         self.source.logger.warning(
             "Smartcar API pages for %s are not newest first (%s): reading %s to its last "

@@ -156,9 +156,11 @@ def test_a_bad_value_in_an_environment_variable_is_named(
     [
         ("{not json", "it is not valid JSON (UTF-8)"),
         ("[1]", "it is not a JSON object"),
+        ('{"streams": 5}', "it is not a Singer catalog (TypeError)"),
+        ('{"streams": [5]}', "it is not a Singer catalog (TypeError)"),
         (None, "No such file or directory"),
     ],
-    ids=["not json", "not an object", "missing"],
+    ids=["not json", "not an object", "streams not a list", "a stream not an object", "missing"],
 )
 def test_a_catalog_file_that_cannot_be_read_is_named(
     tmp_path: Path,

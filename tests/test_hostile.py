@@ -458,29 +458,50 @@ def test_a_gzip_page_is_read(tmp_path: Path, hostile: t.Any) -> None:
     assert server.requests[0][2]["Accept-Encoding"] == "gzip"
 
 
+NOT_JSON = "not the expected connections JSON"
+NOT_A_DATE = "a date that is not ISO 8601"
+
+
 @pytest.mark.parametrize(
-    "connection",
+    ("connection", "reason"),
     [
-        {"userId": "u", "vehicleId": "v", "connectedAt": "2026-01-01T00:00:00Z"},
-        {"userId": "u", "vehicleId": "v", "connectedAt": "2026-02-30T00:00:00Z", "mode": "live"},
-        {"userId": 7, "vehicleId": "v", "connectedAt": "2026-01-01T00:00:00Z", "mode": "live"},
-        {
-            "userId": "u",
-            "vehicleId": "v",
-            "connectedAt": "0001-01-01T00:00:00+02:00",
-            "mode": "live",
-        },
-        {
-            "userId": "u",
-            "vehicleId": "v",
-            "connectedAt": "9999-12-31T23:59:59-02:00",
-            "mode": "live",
-        },
+        ({"userId": "u", "vehicleId": "v", "connectedAt": "2026-01-01T00:00:00Z"}, NOT_JSON),
+        (
+            {
+                "userId": "u",
+                "vehicleId": "v",
+                "connectedAt": "2026-02-30T00:00:00Z",
+                "mode": "live",
+            },
+            NOT_A_DATE,
+        ),
+        (
+            {"userId": 7, "vehicleId": "v", "connectedAt": "2026-01-01T00:00:00Z", "mode": "live"},
+            NOT_JSON,
+        ),
+        (
+            {
+                "userId": "u",
+                "vehicleId": "v",
+                "connectedAt": "0001-01-01T00:00:00+02:00",
+                "mode": "live",
+            },
+            NOT_A_DATE,
+        ),
+        (
+            {
+                "userId": "u",
+                "vehicleId": "v",
+                "connectedAt": "9999-12-31T23:59:59-02:00",
+                "mode": "live",
+            },
+            NOT_A_DATE,
+        ),
     ],
     ids=["missing mode", "impossible date", "number for a string", "before year 1", "after 9999"],
 )
 def test_bad_data_is_retried_a_few_times_then_fails_with_the_reason(
-    tmp_path: Path, hostile: t.Any, connection: dict[str, t.Any]
+    tmp_path: Path, hostile: t.Any, connection: dict[str, t.Any], reason: str
 ) -> None:
     server = hostile([Reply(body=json.dumps({"connections": [connection]}).encode())])
 
@@ -488,7 +509,7 @@ def test_bad_data_is_retried_a_few_times_then_fails_with_the_reason(
     run = run_cli(tmp_path, settings(server, max_retry_seconds=600))
 
     line = failure(run)
-    assert "not the expected connections JSON" in line
+    assert reason in line
     assert f"{BODY_ATTEMPTS} times in a row" in line
     assert len(server.requests) == BODY_ATTEMPTS
     assert time.monotonic() - began < 20
@@ -894,3 +915,20 @@ def test_a_short_token_does_not_garble_the_logs() -> None:
     assert redactor.redact("the checkpoint for the mode") == "the checkpoint for the mode"
     assert redactor.redact("Authorization: Basic ZGVmYXVsdDp0") == "Authorization: Basic <redacted>"
     assert redactor.redact("sent default:t") == "sent <redacted>"
+
+
+def test_bad_data_between_server_errors_is_not_bad_data_three_times_in_a_row(
+    tmp_path: Path, hostile: t.Any
+) -> None:
+    """A broken body, a 503, a broken body...: never three bad answers in a row, so the run
+    spends its budget like any transient failure, and its line says so truly."""
+    broken = Reply(body=b'{"connections": [')
+    busy = Reply(status=503, body=b"{}")
+    server = hostile(lambda index, path: broken if index % 2 == 0 else busy)
+
+    run = run_cli(tmp_path, settings(server, max_retry_seconds=60))
+
+    line = failure(run)
+    assert "still failing after" in line
+    assert "in a row" not in line
+    assert len(server.requests) > 2 * BODY_ATTEMPTS

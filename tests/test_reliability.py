@@ -347,6 +347,10 @@ def live_bookmark(value: str) -> str:
         ),
         ("[1, 2]", "not a JSON object"),
         (
+            '{"bookmarks": {"connections": {"progress_markers": 5}}}',
+            "the connections 'progress_markers' is not a JSON object",
+        ),
+        (
             live_bookmark("2026-02-30T00:00:00.000000Z"),
             'bookmark for {"mode": "live"} is "2026-02-30T00:00:00.000000Z", not a timestamp',
         ),

@@ -35,7 +35,7 @@ from .test_performance import run_tap
 def test_the_sdk_alone_lets_a_future_connection_become_a_partition_bookmark(
     simulator: SmartcarSimulator, config: dict[str, t.Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Workaround: V2ConnectionsStream._increment_stream_state skips values after the run's start,
+    # Workaround: SmartcarStream._increment_stream_state does nothing (the Walk keeps bookmarks),
     # because the SDK writes its signpost at stream level while bookmarks live in partitions.
     simulator.add(
         {"userId": "u", "vehicleId": "v", "connectedAt": "2999-01-01T00:00:00Z", "mode": "live"}

@@ -484,7 +484,7 @@ def test_without_newest_first_every_page_is_read_and_nothing_old_sent_again(
         sim.clear_log()
         second = run(config, first.state)
 
-    said = warnings(caplog, "does not say so (meta.orderDirection is not desc)")
+    said = warnings(caplog, "does not say so: meta.orderDirection is not desc")
     assert len(said) == 2  # once per run
     assert "not newest first" in said[0]
     assert len(reads(sim, "live")) == pages

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from smartcar_simulator import SmartcarSimulator, generate_connections
+from tap_smartcar_connections.errors import ApiError
 from tap_smartcar_connections.paging import MAX_EMPTY_PAGES
 from tap_smartcar_connections.timestamps import normalize_timestamp
 from tap_smartcar_connections.walk import key_digest
@@ -26,6 +27,7 @@ from .test_v3_hostile import (  # noqa: F401  (the `scripted` fixture)
     Scripted,
     Seen,
     connection,
+    connections_page,
     empty_lists,
     scripted,
     v3_list,
@@ -93,6 +95,45 @@ def test_a_checkpoint_past_the_end_of_the_list_is_stale_and_the_mode_read_from_t
     assert bookmarks(run.state) == {"mode=live": at[0]}
 
 
+def test_a_bookmark_older_than_start_date_stops_at_start_date(sim250: SmartcarSimulator) -> None:
+    """The later of the two bounds the walk, as the SDK's starting value does."""
+    at = stamps(sim250)
+    start_date = at[100]
+    mark = {"context": {"mode": "live"}, "api_version": "v3", "replication_key": "connectedAt"}
+    mark["replication_key_value"] = at[200]
+    state = {"bookmarks": {"connections": {"partitions": [mark]}}}
+    settings = v3_settings(sim250, modes=["live"], max_retry_seconds=0, start_date=start_date)
+
+    run = sync(settings, state)
+
+    sent = [r["connectedAt"] for r in run.records if "connectionId" in r]
+    assert sent
+    assert min(sent) >= start_date
+
+
+def test_a_resume_after_many_removals_is_not_taken_for_an_endless_list(
+    sim250: SmartcarSimulator,
+) -> None:
+    """Interrupted at page 150 of 250 (one a page); the 120 oldest disconnected since: the
+    resume starts 120 pages earlier and skips what it had read, page after page, which is
+    progress, not a list repeating itself."""
+    config = v3_settings(sim250, modes=["live"], max_retry_seconds=0, page_size=1)
+    sim250.faults.fail_after_page = 150
+    failed = sync(config, expect_error=ApiError)
+    served = sim250.connections_v3("live")
+    for gone in served[-120:]:
+        sim250.remove(gone["userId"], gone["vehicleId"])
+    sim250.faults.fail_after_page = None
+
+    rerun = sync(config, failed.state)
+
+    assert rerun.error is None
+    still = {(c["userId"], c["vehicleId"]) for c in sim250.connections_v3("live")}
+    read = [r for r in [*failed.records, *rerun.records] if "connectionId" in r]
+    assert still <= keys(read)
+    assert bookmarks(rerun.state) == {"mode=live": stamps(sim250)[0]}
+
+
 # Every walk ends
 
 
@@ -130,7 +171,46 @@ def test_a_list_serving_the_same_items_on_every_page_ends_the_run(
         for m in run.messages
         if m["type"] == "RECORD"
     ]
-    assert len(sent) == len(set(sent)) == SIZE  # the first page, once
+    # The first page, once: its 100 webhooks, or its connections' 28 keys (the newest of each).
+    assert len(sent) == len(set(sent)) == (SIZE if path == WEBHOOKS else 28)
+
+
+def test_two_connections_under_one_key_send_the_newest_and_count_as_two(
+    tmp_path: Path,
+    scripted: t.Callable[..., Scripted],  # noqa: F811
+) -> None:
+    """The same user connected the same vehicle twice: a target upserts on (userId, vehicleId),
+    so only the newer connection is sent (the older, sent after it, would replace it), while
+    meta.totalCount still counts both, so a full read is complete and trusted."""
+    newer = connection(2, id="conn-newer")
+    older = connection(1, id="conn-older")
+    older["relationships"] = newer["relationships"]
+    server = scripted(connections_page(newer, older))
+
+    run = run_cli(
+        tmp_path,
+        server.settings(emit_activate_version_messages=True),
+        "--catalog",
+        str(full_table_file(tmp_path, server.settings())),
+    )
+
+    assert run.exit_code == 0, run.stderr
+    sent = [
+        m["record"]["connectionId"]
+        for m in run.messages
+        if m["type"] == "RECORD" and m["stream"] == "connections"
+    ]
+    assert sent == ["conn-newer"]
+    assert "reading it again" not in run.stderr and "reading this mode again" not in run.stderr
+    assert any(
+        m["type"] == "ACTIVATE_VERSION" and m["stream"] == "connections" for m in run.messages
+    )
+
+
+def full_table_file(tmp_path: Path, settings: dict[str, t.Any]) -> Path:
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(full_table(settings)))
+    return path
 
 
 # What the tap can and cannot see of the order
@@ -211,6 +291,79 @@ def test_order_by_update_time_is_not_taken_for_newest_first(
         "vehicle-7",
     }
     assert "are not newest first (the API does not say so" in run.stderr
+
+
+def test_a_page_that_says_desc_without_order_by_is_newest_first(
+    tmp_path: Path,
+    scripted: t.Callable[..., Scripted],  # noqa: F811
+) -> None:
+    """No `meta.orderBy` is Smartcar's documented default, the connection date: early stop."""
+
+    def script(index: int, request: Seen) -> Reply:
+        if request.path != CONNECTIONS:
+            return empty_lists(index, request)
+        number = int(request.query["page[number]"][0])
+        items = [connection(9), connection(5)] if number == 1 else [connection(4), connection(3)]
+        return v3_list(items, request, total=4, last=number == 2, meta={"orderBy": ...})
+
+    server = scripted(script)
+    mark = {"context": {"mode": "live"}, "api_version": "v3", "replication_key": "connectedAt"}
+    mark["replication_key_value"] = "2026-01-06T00:00:00.000000Z"
+    state = {"bookmarks": {"connections": {"partitions": [mark]}}}
+
+    run = run_cli(tmp_path, server.settings(page_size=2), state=state)
+
+    assert run.exit_code == 0, run.stderr
+    assert len([s for s in server.data if s.path == CONNECTIONS]) == 1
+    assert [r["vehicleId"] for r in run.records if "connectionId" in r] == ["vehicle-9"]
+    assert "not newest first" not in run.stderr
+
+
+def test_a_token_refused_on_a_resumed_page_is_not_taken_for_a_stale_checkpoint(
+    tmp_path: Path,
+    scripted: t.Callable[..., Scripted],  # noqa: F811
+) -> None:
+    """A 400 from the token endpoint names the credentials; the checkpoint is not blamed."""
+
+    def refuse(index: int, request: Seen) -> Reply:
+        body = {"error": "invalid_request", "error_description": "bad client"}
+        return Reply(status=400, body=json.dumps(body).encode())
+
+    server = scripted(token=refuse)
+    checkpoint = {
+        "cursor": "2",
+        "newest": "2026-01-09T00:00:00.000000Z",
+        "newest_keys": [],
+        "last": "2026-01-05T00:00:00.000000Z",
+        "floor": "",
+        "page_size": 2,
+        "unordered": False,
+        "total": 4,
+    }
+    partition = {"context": {"mode": "live"}, "api_version": "v3", "checkpoint": checkpoint}
+    state = {"bookmarks": {"connections": {"partitions": [partition]}}}
+
+    run = run_cli(tmp_path, server.settings(page_size=2), state=state)
+
+    assert run.exit_code == 1
+    assert "token endpoint refused the client credentials" in run.stderr
+    assert "cannot be used" not in run.stderr
+
+
+def test_a_next_link_that_is_no_url_is_bad_data(
+    tmp_path: Path,
+    scripted: t.Callable[..., Scripted],  # noqa: F811
+) -> None:
+    bad = {"next": "http://[bad/vehicle/v3/connections?page[number]=2"}
+    server = scripted(connections_page(connection(2), connection(1), total=5, links=bad))
+
+    run = run_cli(tmp_path, server.settings(page_size=2))
+
+    assert run.exit_code == 1
+    assert "Traceback" not in run.stderr
+    (line,) = [x for x in run.stderr.splitlines() if "error:" in x]
+    assert "a links.next that is not a URL" in line
+    assert len([s for s in server.data if s.path == CONNECTIONS]) == 3
 
 
 # Shifting pages
