@@ -29,6 +29,7 @@ from .test_v3_hostile import (  # noqa: F401  (the `scripted` fixture)
     connection,
     connections_page,
     empty_lists,
+    good_token,
     scripted,
     v3_list,
     v3_settings,
@@ -323,18 +324,29 @@ def test_a_token_refused_on_a_resumed_page_is_not_taken_for_a_stale_checkpoint(
     tmp_path: Path,
     scripted: t.Callable[..., Scripted],  # noqa: F811
 ) -> None:
-    """A 400 from the token endpoint names the credentials; the checkpoint is not blamed."""
+    """The resumed page answers 401, and the new token is refused with a 400: that names the
+    credentials, and the checkpoint is not blamed (nor the mode read again from the top)."""
 
-    def refuse(index: int, request: Seen) -> Reply:
+    def token(index: int, request: Seen) -> Reply:
+        if index == 0:
+            return good_token(index, request)
         body = {"error": "invalid_request", "error_description": "bad client"}
         return Reply(status=400, body=json.dumps(body).encode())
 
-    server = scripted(token=refuse)
+    def data(index: int, request: Seen) -> Reply:
+        if request.path != CONNECTIONS:
+            return empty_lists(index, request)
+        if request.query["page[number]"] == ["1"]:
+            return v3_list([connection(9), connection(8)], request, total=4, last=False)
+        error = {"status": "401", "type": "AUTHENTICATION", "detail": "expired"}
+        return Reply(status=401, body=json.dumps({"errors": [error]}).encode())
+
+    server = scripted(data, token)
     checkpoint = {
         "cursor": "2",
         "newest": "2026-01-09T00:00:00.000000Z",
-        "newest_keys": [],
-        "last": "2026-01-05T00:00:00.000000Z",
+        "newest_keys": [key_digest({"userId": "user-9", "vehicleId": "vehicle-9"})],
+        "last": "2026-01-08T00:00:00.000000Z",
         "floor": "",
         "page_size": 2,
         "unordered": False,
@@ -348,6 +360,7 @@ def test_a_token_refused_on_a_resumed_page_is_not_taken_for_a_stale_checkpoint(
     assert run.exit_code == 1
     assert "token endpoint refused the client credentials" in run.stderr
     assert "cannot be used" not in run.stderr
+    assert len(server.tokens) == 2
 
 
 def test_a_next_link_that_is_no_url_is_bad_data(
