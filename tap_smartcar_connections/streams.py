@@ -7,6 +7,7 @@ RECORD messages and decides when ACTIVATE_VERSION may follow. Each API version (
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import operator
 import sys
@@ -199,9 +200,9 @@ class SmartcarStream(RESTStream[str]):
         self._complete = 0
         """Partitions read completely in this run (`Walk.records`), for ACTIVATE_VERSION."""
 
-    @property
+    @functools.cached_property
     def endpoint(self) -> Endpoint:
-        """Where this stream's pages are, as the user configured it."""
+        """Where this stream's pages are, as the user configured it (made once per stream)."""
         raise NotImplementedError
 
     def paging(self) -> Paging:

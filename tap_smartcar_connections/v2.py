@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import typing as t
 
 import msgspec
@@ -96,7 +97,7 @@ class V2ConnectionsStream(SmartcarStream):
     schema = CONNECTION_SCHEMA
     API_VERSION = "v2"
 
-    @property
+    @functools.cached_property
     @override
     def endpoint(self) -> Endpoint:
         return Endpoint("api_url", self.run.settings.api_url, describe_response, ADVICE)

@@ -7,6 +7,7 @@ goes: the walk sends each item once and checks `meta.totalCount` (see `walk.py`)
 
 from __future__ import annotations
 
+import functools
 import typing as t
 from http import HTTPStatus
 
@@ -138,7 +139,7 @@ class V3Stream(SmartcarStream):
         super().__init__(tap, run)
         self.token = token
 
-    @property
+    @functools.cached_property
     @override
     def endpoint(self) -> Endpoint:
         url = getattr(self.run.settings, self.URL_SETTING)
